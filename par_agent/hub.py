@@ -1,0 +1,125 @@
+"""Checkpoint folders: ``config.json`` + ``model.safetensors`` (backbone, heads, frame
+tokenizer and normalisation statistics in one file), and name resolution:
+
+1. a built-in name (``par-pushcube``) -> a folder shipped in ``par_agent/pretrained/``;
+2. an existing local folder;
+3. anything else -> a Hugging Face Hub repo id, through ``huggingface_hub.snapshot_download``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from par_agent.config import PARConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing files or holds bad ones."""
+
+
+def builtin_names() -> list[str]:
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+
+
+def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """Folder holding the checkpoint named by ``name_or_path`` (see module docstring)."""
+    s = str(name_or_path)
+    if s in builtin_names():
+        return PRETRAINED_DIR / s
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return p
+    if s.startswith("par-") and "/" not in s:
+        raise FileNotFoundError(f"unknown built-in checkpoint {s!r}; built-in names: {builtin_names() or 'none shipped'}")
+    if p.exists() or s.startswith((".", "/", "~")) or s.count("/") != 1:
+        raise FileNotFoundError(f"checkpoint folder {s!r} does not exist (and it is not a Hugging Face Hub id 'owner/name')")
+    return _download(s, revision)
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+    except LocalEntryNotFoundError as e:
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a built-in name ({builtin_names()}) or a local folder, and the Hugging Face Hub "
+            f"could not be reached (offline?) nor is it in the local hub cache"
+        ) from e
+    except (RepositoryNotFoundError, HFValidationError) as e:
+        raise FileNotFoundError(f"{repo_id!r} is not a built-in name, a local folder or a Hugging Face Hub repo: {e}") from e
+
+
+def save_checkpoint(model: torch.nn.Module, cfg: PARConfig, folder: str | os.PathLike,
+                    extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` atomically (temp file + rename).
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating weights smaller; loading casts back.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu().contiguous()
+        state[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    meta = {"format": "pt", "par_agent": "1"}
+    if extra:
+        meta["extra"] = json.dumps(extra)
+    tmp = folder / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    os.replace(tmp, folder / WEIGHTS_NAME)
+    tmp = folder / (CONFIG_NAME + ".tmp")
+    cfg.to_json(tmp)
+    os.replace(tmp, folder / CONFIG_NAME)
+    return folder
+
+
+def read_checkpoint(folder: str | os.PathLike) -> tuple[PARConfig, dict[str, torch.Tensor], dict]:
+    """Config, weights and extra metadata of a checkpoint folder, with errors naming the bad file."""
+    folder = Path(folder)
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint folder {folder} is missing {', '.join(missing)}")
+    try:
+        cfg = PARConfig.from_json(folder / CONFIG_NAME)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"bad {folder / CONFIG_NAME}: {e}") from e
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME))
+        from safetensors import safe_open
+
+        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"corrupt weights file {folder / WEIGHTS_NAME}: {e}") from e
+    extra = json.loads(meta["extra"]) if "extra" in meta else {}
+    return cfg, state, extra
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Load weights strictly, casting to the model's dtypes; errors name the missing/unexpected keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights in {source} do not match the model: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+        )
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(f"weights in {source}: {k} has shape {tuple(state[k].shape)}, model expects {tuple(own[k].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})

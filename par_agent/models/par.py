@@ -1,0 +1,323 @@
+"""PhysicalAutoregressiveModel: physical tokens in, frame and action diffusion losses out
+(parallel training), and the imagine-then-act inference loop with a KV cache.
+
+Training (one forward for a whole window of T blocks, see ``masks.py`` for the layout):
+    frame loss:  F_{n+1} denoised from the outputs of block n     (n = 0..T-2)
+    action loss: A_n denoised from the outputs of [F_{n+1}, BOA]   (n = 0..T-2)
+
+Inference (``InferenceState`` holds the context of a batch of episodes in lockstep)::
+
+    st = model.start(task, frames_0, state_0)          # prefill [TASK][F_0 S_0]
+    loop:
+        f = model.predict_frame(st)                    # imagine F_{n+1}
+        a = model.predict_actions(st, f)               # append [F^ BOA], sample A_n, roll back
+        ... execute a, observe o_{n+1} ...
+        model.commit(st, a, frames, state)             # append the real [F BOA A S]
+
+The context holds at most ``history`` blocks (the real ones plus the imagined one). When it is
+full, ``eviction`` blocks are dropped at once, the first remaining block is cut back to
+[F S] and the cache is refilled, so the context always looks like a training window.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from par_agent.config import PARConfig
+from par_agent.models.heads import ActionHead, Diffusion, FrameHead, repeat_cond
+from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
+from par_agent.models.transformer import Backbone, KVCache
+from par_agent.tokenizers.actions import Normalizer
+from par_agent.tokenizers.frames import FrameTokenizer
+
+
+@lru_cache(maxsize=64)
+def _window_indices(spec: BlockSpec, num_blocks: int) -> dict[str, torch.Tensor]:
+    """Positions of the tokens the heads read, for a training window."""
+    block, kind = window_layout(spec, num_blocks)
+    pos = torch.arange(len(block))
+    frame = torch.stack([pos[(block == n) & (kind == Kind.FRAME)] for n in range(num_blocks)])
+    last = torch.stack([pos[block == n][-1] for n in range(num_blocks)])
+    out = {"block": block, "kind": kind, "frame": frame, "last": last,
+           "mask": ik_attention_mask(block, kind, pos, block, kind, pos)}
+    if spec.has_actions and num_blocks > 1:
+        out["boa"] = torch.stack([pos[(block == n) & (kind == Kind.BOA)][0] for n in range(1, num_blocks)])
+    return out
+
+
+@dataclass
+class InferenceState:
+    """Context of B episodes that advance in lockstep.
+
+    blocks: input embeddings of the real blocks, each (B, L_n, D), with kinds (L_n,).
+    hidden: backbone outputs of the last real block (B, L_last, D).
+    """
+
+    task: torch.Tensor
+    blocks: list[torch.Tensor] = field(default_factory=list)
+    kinds: list[torch.Tensor] = field(default_factory=list)
+    cache: KVCache | None = None
+    hidden: torch.Tensor | None = None
+    steps: int = 0  # physical steps committed since start
+
+    @property
+    def batch_size(self) -> int:
+        return self.task.shape[0]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+
+class PhysicalAutoregressiveModel(nn.Module):
+    def __init__(self, cfg: PARConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D, P, K = cfg.width, cfg.frame_tokens, cfg.chunk_size
+        self.frame_tokenizer = FrameTokenizer(cfg)
+        self.action_norm = Normalizer(cfg.action_dim, "minmax")
+        self.state_norm = Normalizer(cfg.state_dim, "meanstd")
+        self.task_emb = nn.Embedding(len(cfg.task_names), D)
+        self.kind_emb = nn.Embedding(len(Kind), D)
+        self.frame_in = nn.Linear(cfg.token_dim, D)
+        self.frame_pos = nn.Parameter(torch.randn(P, D) * 0.02)
+        self.state_in = nn.Linear(cfg.state_dim, D)
+        self.boa = nn.Parameter(torch.randn(D) * 0.02)
+        self.action_in = nn.Linear(cfg.action_dim, D)
+        self.action_pos = nn.Parameter(torch.randn(K, D) * 0.02)
+        self.backbone = Backbone(D, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta, cfg.dropout)
+        self.frame_head = FrameHead(cfg.token_dim, P, D, cfg.frame_head_width, cfg.frame_head_depth, cfg.head_num_heads)
+        self.action_head = ActionHead(cfg.action_dim, K, D, cfg.action_head_width, cfg.action_head_depth, cfg.head_num_heads)
+        self.diffusion = Diffusion(cfg.num_train_timesteps, cfg.beta_schedule, cfg.prediction_type, cfg.sampler)
+        self.num_inference_steps = cfg.num_inference_steps
+        self.use_kv_cache = cfg.use_kv_cache
+
+    @property
+    def device(self) -> torch.device:
+        return self.boa.device
+
+    # ------------------------------------------------------------------ embeddings
+    def embed_frames(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., P, C) frame tokens -> (..., P, D)."""
+        return self.frame_in(tokens) + self.frame_pos + self.kind_emb.weight[Kind.FRAME]
+
+    def embed_state(self, state: torch.Tensor) -> torch.Tensor:
+        """(..., Ds) raw state -> (..., 1, D)."""
+        return (self.state_in(self.state_norm.normalize(state)) + self.kind_emb.weight[Kind.STATE]).unsqueeze(-2)
+
+    def embed_boa(self, lead: tuple[int, ...]) -> torch.Tensor:
+        """-> (*lead, 1, D)."""
+        return (self.boa + self.kind_emb.weight[Kind.BOA]).expand(*lead, 1, -1)
+
+    def embed_actions(self, actions_n: torch.Tensor) -> torch.Tensor:
+        """(..., K, Da) normalised actions -> (..., 1+K, D) with BOA in front."""
+        a = self.action_in(actions_n) + self.action_pos + self.kind_emb.weight[Kind.ACTION]
+        return torch.cat([self.embed_boa(a.shape[:-2]), a], dim=-2)
+
+    def embed_task(self, task: torch.Tensor) -> torch.Tensor:
+        """(B,) -> (B, 1, D)."""
+        return (self.task_emb(task) + self.kind_emb.weight[Kind.PREFIX]).unsqueeze(1)
+
+    def frame_tokens(self, batch: dict) -> torch.Tensor:
+        """(B, T, P, C) frame tokens of a batch: given as ``frame_tokens`` or encoded from ``frames``."""
+        if "frame_tokens" in batch:
+            return batch["frame_tokens"].to(self.device, torch.float32)
+        with torch.no_grad():
+            return self.frame_tokenizer.encode(batch["frames"].to(self.device))
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses for every block of a batch of windows in one backbone pass.
+
+        batch:
+            frames (B, T, H, W, 3) uint8 or frame_tokens (B, T, P, C)
+            state (B, T, Ds) raw, optional; actions (B, T-1, K, Da) raw, optional (frames only = video pretraining)
+            frame_mask (B, T) bool, action_mask (B, T-1, K) bool, task_id (B,) int64 (all optional)
+        Returns: ``loss``, ``frame_loss`` and (with actions) ``action_loss``, scalars.
+        """
+        cfg, dev = self.cfg, self.device
+        z = self.frame_tokens(batch)
+        B, T = z.shape[:2]
+        if T < 2:
+            raise ValueError(f"a training window needs at least 2 blocks, got {T}")
+        has_a, has_s = "actions" in batch, "state" in batch
+        spec = BlockSpec(cfg.frame_tokens, cfg.chunk_size, has_a, has_s)
+        idx = {k: v.to(dev) for k, v in _window_indices(spec, T).items()}
+        task = batch.get("task_id", torch.zeros(B, dtype=torch.long)).to(dev).reshape(B)
+        fmask = batch.get("frame_mask", torch.ones(B, T, dtype=torch.bool)).to(dev)
+
+        fe = self.embed_frames(z)  # (B, T, P, D)
+        parts0 = [fe[:, 0]]
+        rest = [fe[:, 1:]]
+        if has_a:
+            a_n = self.action_norm.normalize(batch["actions"].to(dev, torch.float32))
+            rest.append(self.embed_actions(a_n))
+        if has_s:
+            se = self.embed_state(batch["state"].to(dev, torch.float32))
+            parts0.append(se[:, 0])
+            rest.append(se[:, 1:])
+        x = torch.cat([self.embed_task(task), torch.cat(parts0, 1), torch.cat(rest, 2).flatten(1, 2)], dim=1)
+        h = self.backbone(x, torch.arange(x.shape[1], device=dev), idx["mask"])
+
+        mul = cfg.diffusion_batch_mul
+        valid = fmask[:, 1:] & fmask[:, :-1]  # (B, T-1)
+        cond = self.frame_head.prepare(h[:, idx["frame"][:-1]][valid], h[:, idx["last"][:-1]][valid])
+        frame_loss = self.diffusion.loss(self.frame_head, z[:, 1:][valid].repeat(mul, 1, 1), repeat_cond(cond, mul))
+        out = {"frame_loss": frame_loss, "loss": cfg.frame_loss_weight * frame_loss}
+        if has_a:
+            amask = batch.get("action_mask", torch.ones(B, T - 1, cfg.chunk_size, dtype=torch.bool)).to(dev)
+            amask = amask & valid[..., None]
+            rows = amask.any(-1)
+            ctx_idx = torch.cat([idx["frame"][1:], idx["boa"][:, None]], dim=1)  # (T-1, P+1)
+            cond = self.action_head.prepare(h[:, ctx_idx][rows], h[:, idx["boa"]][rows])
+            action_loss = self.diffusion.loss(
+                self.action_head, a_n[rows].repeat(mul, 1, 1), repeat_cond(cond, mul), amask[rows].repeat(mul, 1)
+            )
+            out["action_loss"] = action_loss
+            out["loss"] = out["loss"] + cfg.action_loss_weight * action_loss
+        return out
+
+    # ------------------------------------------------------------------ inference
+    def _meta(self, st: InferenceState, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block index and kind of every token of the context (+ extra block)."""
+        kinds = [torch.tensor([int(Kind.PREFIX)])] + st.kinds + ([extra] if extra is not None else [])
+        block = torch.cat([torch.full((len(k),), i - 1) for i, k in enumerate(kinds)])
+        return block.to(self.device), torch.cat(kinds).to(self.device)
+
+    def _run(self, st: InferenceState, emb: torch.Tensor | None = None, kinds: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone outputs of a new block appended to the context, or (emb None) of the last real
+        block after (re)filling the cache from the whole context. With the cache the new block
+        stays in it; call ``st.cache.rollback`` to take it back."""
+        full = emb is None or st.cache is None
+        block, kind = self._meta(st, kinds)
+        pos = torch.arange(len(block), device=self.device)
+        if full:
+            parts = [self.embed_task(st.task)] + st.blocks + ([emb] if emb is not None else [])
+            x = torch.cat(parts, dim=1)
+            if st.cache is not None:
+                st.cache.reset()
+            h = self.backbone(x, pos, ik_attention_mask(block, kind, pos, block, kind, pos), st.cache)
+            n = emb.shape[1] if emb is not None else st.blocks[-1].shape[1]
+            return h[:, -n:]
+        n = emb.shape[1]
+        q = slice(len(block) - n, None)
+        mask = ik_attention_mask(block[q], kind[q], pos[q], block, kind, pos)
+        return self.backbone(emb, pos[q], mask, st.cache)
+
+    def _block(self, frames: torch.Tensor, state: torch.Tensor, actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (B, L, D) and kinds (L,) of a real block [F (BOA A) S]."""
+        parts, kinds = [self.embed_frames(self.frame_tokenizer.encode(frames.to(self.device)))], [Kind.FRAME] * self.cfg.frame_tokens
+        if actions is not None:
+            parts.append(self.embed_actions(self.action_norm.normalize(actions.to(self.device, torch.float32))))
+            kinds += [Kind.BOA] + [Kind.ACTION] * self.cfg.chunk_size
+        parts.append(self.embed_state(state.to(self.device, torch.float32)))
+        kinds.append(Kind.STATE)
+        return torch.cat(parts, dim=1), torch.tensor([int(k) for k in kinds])
+
+    @torch.no_grad()
+    def start(self, task: torch.Tensor, frames: torch.Tensor, state: torch.Tensor) -> InferenceState:
+        """New context from the first observation. task (B,), frames (B, H, W, 3) uint8, state (B, Ds)."""
+        task = task.to(self.device).reshape(-1)
+        st = InferenceState(task=task)
+        if self.use_kv_cache:
+            cfg = self.cfg
+            max_len = 1 + cfg.history * (cfg.frame_tokens + cfg.chunk_size + 2)
+            st.cache = self.backbone.new_cache(len(task), max_len, self.device, self.boa.dtype)
+        emb, kinds = self._block(frames, state, None)
+        st.blocks, st.kinds = [emb], [kinds]
+        st.hidden = self._run(st)
+        return st
+
+    def _noise(self, shape: tuple[int, ...], noise, generator, temperature: float) -> torch.Tensor:
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=generator.device if generator is not None else self.device)
+        if tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
+        return noise.to(self.device) * temperature
+
+    @torch.no_grad()
+    def predict_frame(self, st: InferenceState, noise: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Sample the next frame's tokens (B, P, C) from the last real block."""
+        cfg, h = self.cfg, st.hidden
+        frame = st.kinds[-1].to(self.device) == Kind.FRAME
+        cond = self.frame_head.prepare(h[:, frame], h[:, -1])
+        x0 = self._noise((st.batch_size, cfg.frame_tokens, cfg.token_dim), noise, generator, temperature)
+        return self.diffusion.sample(self.frame_head, x0, cond, self.num_inference_steps)
+
+    @torch.no_grad()
+    def predict_actions(self, st: InferenceState, frame_tokens: torch.Tensor, noise: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Sample the action chunk (B, K, Da), raw units, that leads to the imagined frame (B, P, C)."""
+        cfg = self.cfg
+        emb = torch.cat([self.embed_frames(frame_tokens.to(self.device)), self.embed_boa((st.batch_size,))], dim=1)
+        kinds = torch.tensor([int(Kind.FRAME)] * cfg.frame_tokens + [int(Kind.BOA)])
+        h = self._run(st, emb, kinds)
+        if st.cache is not None:
+            st.cache.rollback(emb.shape[1])
+        cond = self.action_head.prepare(h, h[:, -1])
+        x0 = self._noise((st.batch_size, cfg.chunk_size, cfg.action_dim), noise, generator, temperature)
+        a = self.diffusion.sample(self.action_head, x0, cond, self.num_inference_steps).clamp(-1, 1)
+        return self.action_norm.unnormalize(a)
+
+    @torch.no_grad()
+    def commit(self, st: InferenceState, actions: torch.Tensor, frames: torch.Tensor, state: torch.Tensor) -> None:
+        """Append the real block: the executed chunk (B, K, Da) raw, and the observation it led to."""
+        emb, kinds = self._block(frames, state, actions)
+        st.steps += 1
+        if st.num_blocks + 1 >= self.cfg.history:  # no room left for the next imagined block
+            ev = self.cfg.eviction
+            st.blocks, st.kinds = (st.blocks + [emb])[ev:], (st.kinds + [kinds])[ev:]
+            keep = (st.kinds[0] != Kind.BOA) & (st.kinds[0] != Kind.ACTION)
+            st.blocks[0], st.kinds[0] = st.blocks[0][:, keep.to(emb.device)], st.kinds[0][keep]
+            st.hidden = self._run(st)
+        else:
+            st.hidden = self._run(st, emb, kinds)
+            st.blocks.append(emb)
+            st.kinds.append(kinds)
+
+    @torch.no_grad()
+    def act(self, st: InferenceState, generator: torch.Generator | None = None,
+            temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Imagine the next frame, then infer the chunk. Returns (actions (B, K, Da), frame tokens (B, P, C))."""
+        f = self.predict_frame(st, generator=generator, temperature=temperature)
+        return self.predict_actions(st, f, generator=generator, temperature=temperature), f
+
+    def num_parameters(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        parts = {
+            "frame_tokenizer": count(self.frame_tokenizer),
+            "backbone": count(self.backbone),
+            "frame_head": count(self.frame_head),
+            "action_head": count(self.action_head),
+        }
+        parts["total"] = count(self)
+        parts["embeddings"] = parts["total"] - sum(v for k, v in parts.items() if k != "total")
+        return parts
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, folder, extra: dict | None = None, dtype: torch.dtype | None = None):
+        """Write ``config.json`` + ``model.safetensors`` (tokenizer and statistics included)."""
+        from par_agent.hub import save_checkpoint
+
+        return save_checkpoint(self, self.cfg, folder, extra=extra, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, device: str | torch.device = "cpu", **overrides) -> "PhysicalAutoregressiveModel":
+        """Rebuild from a checkpoint folder (built-in name, local folder or hub id), in eval mode.
+
+        ``overrides`` replace config fields that do not change the weights, e.g.
+        ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``.
+        """
+        from par_agent.hub import load_state, read_checkpoint, resolve
+
+        folder = resolve(name_or_path)
+        cfg, state, _ = read_checkpoint(folder)
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        model = cls(cfg)
+        load_state(model, state, folder)
+        return model.to(device).eval()

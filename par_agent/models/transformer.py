@@ -1,0 +1,127 @@
+"""Causal backbone: pre-norm transformer with rotary positions, SDPA and a KV cache.
+
+The cache (after gpt-fast's ``KVCache``) holds fixed buffers per layer; ``length`` says how
+many positions are filled. Appending writes at ``length``; ``rollback(n)`` forgets the last
+n positions (used to drop the imagined frame once the real one is observed).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for positions. pos: (L,) -> two (L, head_dim/2) float32 tensors."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim))
+    ang = pos.to(torch.float32)[:, None] * inv[None, :]
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of channels. x: (B, H, L, D); cos/sin: (L, D/2)."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+class KVCache:
+    """Keys and values of all layers for a batch of sequences that advance in lockstep.
+
+    k, v: (layers, B, heads, max_len, head_dim).
+    """
+
+    def __init__(self, layers: int, batch: int, heads: int, max_len: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        shape = (layers, batch, heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new keys/values (B, heads, n, head_dim) at the end of ``layer``; return all filled."""
+        n = k.shape[2]
+        end = self.length + n
+        if end > self.max_len:
+            raise RuntimeError(f"KV cache overflow: {end} > {self.max_len} positions")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        """Mark n more positions as filled (after every layer wrote them)."""
+        self.length += n
+
+    def rollback(self, n: int) -> None:
+        """Forget the last n positions."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot roll back {n} of {self.length} cached positions")
+        self.length -= n
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """x: (B, L, W); mask: (L, L_keys) bool; returns (B, L, W)."""
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads, dropout)
+        self.norm2 = nn.LayerNorm(width)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.norm1(x), cos, sin, mask, cache, layer))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Backbone(nn.Module):
+    """Pre-norm causal transformer over physical tokens."""
+
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0,
+                 rope_theta: float = 10000.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.rope_theta = heads, width // heads, rope_theta
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+
+    def new_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        return KVCache(len(self.blocks), batch, self.heads, max_len, self.head_dim, device, dtype)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """x: (B, L, W) token embeddings at sequence positions pos (L,); mask: (L, L_keys) bool.
+
+        With a cache, keys are the cached positions followed by these L, and the cache grows by L.
+        Returns (B, L, W) normalised hidden states.
+        """
+        cos, sin = rope_cos_sin(pos, self.head_dim, self.rope_theta)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.advance(x.shape[1])
+        return self.norm(x)

@@ -1,0 +1,180 @@
+"""Frame tokenizer: a continuous KL autoencoder (``diffusers.AutoencoderKL``) whose latents are
+scaled to unit variance per channel and cut into 2x2 patches, the frame tokens.
+
+    uint8 (..., H, W, 3) --encode--> (..., P, C*p*p) float --decode--> uint8 (..., H, W, 3)
+
+The small autoencoder is trained on task frames with :func:`train_frame_tokenizer`; any
+pretrained ``AutoencoderKL`` folder can be used instead (:meth:`FrameTokenizer.from_autoencoder`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from einops import rearrange
+from torch import nn
+from tqdm.auto import tqdm
+
+from par_agent.config import PARConfig
+
+
+def build_autoencoder(cfg: PARConfig) -> AutoencoderKL:
+    """The small KL autoencoder of the config (stride ``cfg.vae_stride``)."""
+    levels = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=cfg.vae_layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.vae_norm_groups,
+        sample_size=cfg.image_size,
+        mid_block_add_attention=False,
+    )
+
+
+class FrameTokenizer(nn.Module):
+    def __init__(self, cfg: PARConfig, vae: AutoencoderKL | None = None) -> None:
+        super().__init__()
+        self.image_size, self.patch = cfg.image_size, cfg.patch_size
+        self.vae = vae if vae is not None else build_autoencoder(cfg)
+        c = self.vae.config.latent_channels
+        if c != cfg.latent_channels:
+            raise ValueError(f"autoencoder has {c} latent channels, the config says latent_channels={cfg.latent_channels}")
+        self.register_buffer("latent_mean", torch.zeros(c))
+        self.register_buffer("latent_std", torch.ones(c))
+
+    @classmethod
+    def from_autoencoder(cls, cfg: PARConfig, path: str | Path) -> "FrameTokenizer":
+        """Use a pretrained ``AutoencoderKL`` saved with ``save_pretrained`` in a local folder."""
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"no AutoencoderKL folder at {path}")
+        return cls(cfg, AutoencoderKL.from_pretrained(str(path)))
+
+    def check_frames(self, frames: torch.Tensor) -> None:
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8, got {frames.dtype}")
+        if frames.shape[-3:] != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"frames must be (..., {self.image_size}, {self.image_size}, 3) channel-last, got {tuple(frames.shape)}"
+            )
+
+    @staticmethod
+    def to_pixels(frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+        return frames.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+    def encode_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., H, W, 3) -> unscaled posterior mean (..., C, h, w)."""
+        self.check_frames(frames)
+        lead = frames.shape[:-3]
+        x = self.to_pixels(frames.reshape(-1, *frames.shape[-3:]).to(self.latent_mean.device))
+        z = self.vae.encode(x).latent_dist.mean
+        return z.reshape(*lead, *z.shape[1:])
+
+    def latents_to_tokens(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., C, h, w) unscaled -> (..., P, C*p*p) unit-variance tokens."""
+        z = (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
+        return rearrange(z, "... c (h p) (w q) -> ... (h w) (c p q)", p=self.patch, q=self.patch)
+
+    def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., P, C*p*p) -> (..., C, h, w) unscaled."""
+        side = math.isqrt(tokens.shape[-2])
+        z = rearrange(tokens, "... (h w) (c p q) -> ... c (h p) (w q)", h=side, p=self.patch, q=self.patch)
+        return z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., H, W, 3) -> frame tokens (..., P, C*p*p)."""
+        return self.latents_to_tokens(self.encode_latents(frames))
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """frame tokens (..., P, C*p*p) -> uint8 (..., H, W, 3)."""
+        lead = tokens.shape[:-2]
+        z = self.tokens_to_latents(tokens.reshape(-1, *tokens.shape[-2:]))
+        x = self.vae.decode(z).sample
+        img = x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return img.reshape(*lead, *img.shape[1:])
+
+    @torch.no_grad()
+    def fit_latent_stats(self, frames: torch.Tensor | np.ndarray, batch_size: int = 64) -> None:
+        """Set the per-channel latent mean/std from frames (N, H, W, 3) uint8."""
+        frames = torch.as_tensor(frames)
+        zs = [self.encode_latents(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
+        z = torch.cat(zs).transpose(0, 1).flatten(1)
+        self.latent_mean.copy_(z.mean(1))
+        self.latent_std.copy_(z.std(1).clamp_min(1e-4))
+
+
+def train_frame_tokenizer(
+    tok: FrameTokenizer,
+    frames: np.ndarray | torch.Tensor,
+    steps: int = 2000,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-6,
+    grad_weight: float = 0.5,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    log_every: int = 50,
+) -> dict[str, float]:
+    """Train the autoencoder on frames (N, H, W, 3) uint8: L1 + MSE reconstruction, a KL term,
+    and an image-gradient term (a cheap stand-in for a perceptual loss that keeps edges sharp;
+    LPIPS would need downloaded weights). Sets the latent statistics at the end.
+
+    Returns the final metrics: ``loss``, ``l1``, ``psnr`` (on the last batch), ``seconds``.
+    """
+    frames = torch.as_tensor(frames)
+    tok.check_frames(frames)
+    tok.to(device).train()
+    opt = torch.optim.AdamW(tok.vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(0)
+    t0, metrics = time.time(), {}
+    bar = tqdm(range(steps), desc="tokenizer", disable=not progress)
+    for step in bar:
+        idx = torch.randint(0, len(frames), (batch_size,), generator=gen)
+        x = tok.to_pixels(frames[idx].to(device))
+        post = tok.vae.encode(x).latent_dist
+        rec = tok.vae.decode(post.sample()).sample
+        l1 = (rec - x).abs().mean()
+        mse = (rec - x).pow(2).mean()
+        grad = sum(
+            (torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3)
+        )
+        kl = post.kl().mean()
+        loss = l1 + mse + grad_weight * grad + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tok.vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps - 1:
+            psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))
+            metrics = {"loss": loss.item(), "l1": l1.item(), "psnr": psnr.item()}
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", psnr=f"{metrics['psnr']:.1f}")
+    tok.eval()
+    tok.fit_latent_stats(frames[torch.randperm(len(frames), generator=gen)[:512]])
+    metrics["seconds"] = time.time() - t0
+    return metrics
+
+
+@torch.no_grad()
+def reconstruction_psnr(tok: FrameTokenizer, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> float:
+    """PSNR (dB, 8-bit) of encode->decode over frames (N, H, W, 3) uint8."""
+    frames = torch.as_tensor(frames)
+    err, n = 0.0, 0
+    for i in range(0, len(frames), batch_size):
+        x = frames[i:i + batch_size]
+        rec = tok.decode(tok.encode(x.to(tok.latent_mean.device))).cpu()
+        err += F.mse_loss(rec.float(), x.float(), reduction="sum").item()
+        n += x.numel()
+    return 10 * math.log10(255.0**2 / max(err / n, 1e-10))

@@ -1,0 +1,115 @@
+"""PhysicalAutoregressiveModel: losses, parallel training, cached == uncached inference."""
+import pytest
+import torch
+
+from helpers import synthetic_batch, tiny_model
+
+
+def rollout(model, use_cache: bool, steps: int, B: int = 2, seed: int = 0):
+    """Run the inference loop with fixed noise and observations; return actions and frames."""
+    model.use_kv_cache = use_cache
+    cfg = model.cfg
+    g_obs, g_noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    obs = lambda: (  # noqa: E731
+        torch.randint(0, 256, (B, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, generator=g_obs),
+        torch.randn(B, cfg.state_dim, generator=g_obs),
+    )
+    st = model.start(torch.zeros(B, dtype=torch.long), *obs())
+    acts, frames, blocks = [], [], []
+    for _ in range(steps):
+        a, f = model.act(st, generator=g_noise)
+        acts.append(a)
+        frames.append(f)
+        model.commit(st, a, *obs())
+        blocks.append(st.num_blocks)
+    return torch.stack(acts), torch.stack(frames), blocks
+
+
+def test_losses_for_all_batch_kinds():
+    m = tiny_model().train()
+    cfg = m.cfg
+    full = m(synthetic_batch(cfg))
+    assert set(full) == {"loss", "frame_loss", "action_loss"}
+    assert all(torch.isfinite(v) for v in full.values())
+    frames_only = m(synthetic_batch(cfg, actions=False, state=False))
+    assert set(frames_only) == {"loss", "frame_loss"}
+    with_state = m(synthetic_batch(cfg, actions=False))
+    assert torch.isfinite(with_state["loss"])
+
+
+def test_masked_steps_do_not_contribute():
+    """Padding at an episode end (mask False) must not change the loss."""
+    m = tiny_model().train()
+    cfg = m.cfg
+    b = synthetic_batch(cfg, B=2)
+    b["frame_mask"][:, -1] = False
+    b["action_mask"][:, -1] = False
+    torch.manual_seed(3)
+    l1 = m(b)["loss"]
+    b["frames"][:, -1] = 0
+    b["actions"][:, -1] = 0.5
+    torch.manual_seed(3)
+    l2 = m(b)["loss"]
+    torch.testing.assert_close(l1, l2)
+
+
+def test_cached_equals_uncached_with_rollbacks_and_eviction():
+    m = tiny_model()
+    steps = 3 * m.cfg.history  # several evictions (history 4, eviction 2)
+    a1, f1, blocks1 = rollout(m, True, steps)
+    a2, f2, blocks2 = rollout(m, False, steps)
+    assert blocks1 == blocks2 and max(blocks1) == m.cfg.history - 1 and min(blocks1[m.cfg.history:]) < m.cfg.history - 1
+    torch.testing.assert_close(a1, a2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f1, f2, atol=1e-5, rtol=1e-5)
+    assert a1.std() > 0.05  # outputs really depend on the inputs
+
+
+def test_same_noise_same_actions_and_noise_matters():
+    m = tiny_model()
+    a1, _, _ = rollout(m, True, 3, seed=5)
+    a2, _, _ = rollout(m, True, 3, seed=5)
+    a3, _, _ = rollout(m, True, 3, seed=6)
+    torch.testing.assert_close(a1, a2, rtol=0, atol=0)
+    assert not torch.allclose(a1, a3)
+
+
+def test_actions_are_clipped_to_the_dataset_range():
+    m = tiny_model()
+    m.action_norm.set_stats(torch.full((m.cfg.action_dim,), -0.5), torch.full((m.cfg.action_dim,), 0.25))
+    a, _, _ = rollout(m, True, 2)
+    assert a.min() >= -0.5 - 1e-6 and a.max() <= 0.25 + 1e-6
+
+
+def test_evicted_context_looks_like_a_training_window():
+    m = tiny_model()
+    m.use_kv_cache = True
+    cfg = m.cfg
+    fr = torch.zeros(1, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
+    s = torch.zeros(1, cfg.state_dim)
+    st = m.start(torch.zeros(1, dtype=torch.long), fr, s)
+    for _ in range(cfg.history - 1):
+        a, _ = m.act(st)
+        m.commit(st, a, fr, s)
+    assert st.num_blocks == cfg.history - cfg.eviction
+    assert st.kinds[0].tolist() == [1] * cfg.frame_tokens + [4]  # first block cut back to [F S]
+    assert st.cache.length == 1 + sum(len(k) for k in st.kinds)
+
+
+@pytest.mark.parametrize("with_actions", [False, True], ids=["frames-only", "frames+actions"])
+def test_tiny_model_overfits_a_small_sequence(with_actions):
+    torch.manual_seed(0)
+    m = tiny_model(randomize_zero_init=False).train()
+    batch = synthetic_batch(m.cfg, B=2, actions=with_actions, state=with_actions)
+    with torch.no_grad():  # a frame tokenizer with stable latents: fixed targets
+        batch["frame_tokens"] = m.frame_tokenizer.encode(batch.pop("frames"))
+        batch["frame_tokens"] = batch["frame_tokens"] / batch["frame_tokens"].std()
+    opt = torch.optim.Adam([p for n, p in m.named_parameters() if not n.startswith("frame_tokenizer")], lr=3e-3)
+    losses = []
+    for _ in range(300):
+        out = m(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-30:]) / 30
+    assert last < first / 5, (first, last)

@@ -1,0 +1,71 @@
+"""Frame tokenizer (diffusers AutoencoderKL) and normalisers."""
+import numpy as np
+import pytest
+import torch
+
+from par_agent.config import PARConfig
+from par_agent.tokenizers import FrameTokenizer, Normalizer, reconstruction_psnr, train_frame_tokenizer
+
+
+def test_shapes_and_patchify_round_trip():
+    cfg = PARConfig.named("tiny")
+    tok = FrameTokenizer(cfg).eval()
+    frames = torch.randint(0, 256, (2, 3, 32, 32, 3), dtype=torch.uint8)
+    tokens = tok.encode(frames)
+    assert tokens.shape == (2, 3, cfg.frame_tokens, cfg.token_dim)
+    z = torch.randn(5, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    torch.testing.assert_close(tok.tokens_to_latents(tok.latents_to_tokens(z)), z)
+    img = tok.decode(tokens)
+    assert img.shape == frames.shape and img.dtype == torch.uint8
+
+
+def test_bad_frames_named():
+    tok = FrameTokenizer(PARConfig.named("tiny"))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 32, 32, 3\)"):
+        tok.encode(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        tok.encode(torch.zeros(1, 32, 32, 3))
+
+
+def test_training_improves_reconstruction_and_sets_unit_latents():
+    cfg = PARConfig.named("tiny")
+    torch.manual_seed(0)
+    tok = FrameTokenizer(cfg)
+    # smooth synthetic scenes: a coloured square on a gradient
+    rng = np.random.default_rng(0)
+    frames = np.zeros((64, 32, 32, 3), np.uint8)
+    for i in range(64):
+        frames[i] = np.linspace(40, 200, 32, dtype=np.uint8)[None, :, None]
+        x, y = rng.integers(0, 24, 2)
+        frames[i, y:y + 8, x:x + 8] = rng.integers(0, 256, 3)
+    before = reconstruction_psnr(tok, frames)
+    metrics = train_frame_tokenizer(tok, frames, steps=150, batch_size=16, lr=2e-3, progress=False)
+    after = reconstruction_psnr(tok, frames)
+    assert after > before + 8 and after > 20, (before, after, metrics)
+    tokens = tok.encode(torch.as_tensor(frames))
+    assert 0.7 < tokens.std().item() < 1.3
+
+
+def test_loads_any_local_autoencoder_folder(tmp_path):
+    cfg = PARConfig.named("tiny")
+    FrameTokenizer(cfg).vae.save_pretrained(tmp_path / "vae")
+    tok = FrameTokenizer.from_autoencoder(cfg, tmp_path / "vae")
+    assert tok.encode(torch.zeros(1, 32, 32, 3, dtype=torch.uint8)).shape == (1, 4, 16)
+    with pytest.raises(ValueError, match="latent_channels"):
+        FrameTokenizer.from_autoencoder(cfg.replace(latent_channels=8), tmp_path / "vae")
+    with pytest.raises(FileNotFoundError):
+        FrameTokenizer.from_autoencoder(cfg, tmp_path / "none")
+
+
+def test_normalizer_round_trip_and_ranges():
+    n = Normalizer(3, "minmax")
+    n.set_stats(np.array([-2.0, 0.0, 1.0]), np.array([2.0, 1.0, 1.0]))
+    x = torch.tensor([[-2.0, 0.0, 1.0], [2.0, 1.0, 1.0]])
+    y = n.normalize(x)
+    torch.testing.assert_close(y[:, :2], torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    torch.testing.assert_close(n.unnormalize(y), x)
+    with pytest.raises(ValueError, match="expects 3"):
+        n.set_stats(np.zeros(2), np.ones(2))
+    s = Normalizer(2, "meanstd")
+    s.set_stats(np.array([1.0, 2.0]), np.array([2.0, 0.0]))
+    assert torch.isfinite(s.normalize(torch.zeros(2))).all()
