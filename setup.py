@@ -25,6 +25,7 @@ setup(
         "einops>=0.7",
         "imageio>=2.31",
         "imageio-ffmpeg>=0.5",
+        "pillow>=9",
         "h5py>=3.8",
         "tqdm>=4.60",
         "tensorboard>=2.14",

@@ -25,10 +25,10 @@ class PARConfig:
     """Spatial down-sampling of the KL autoencoder (2 ** (len(vae_channels) - 1))."""
     latent_channels: int = 4
     """Channels of the autoencoder latent."""
-    vae_channels: tuple[int, ...] = (32, 64, 128, 128)
+    vae_channels: tuple[int, ...] = (16, 32, 64, 64)
     """Block widths of the small diffusers.AutoencoderKL (one per resolution level)."""
     vae_layers_per_block: int = 1
-    vae_norm_groups: int = 16
+    vae_norm_groups: int = 8
     """GroupNorm groups of the autoencoder; must divide every entry of vae_channels."""
     patch_size: int = 2
     """Latent patch side: a frame token holds latent_channels * patch_size**2 numbers."""
@@ -54,9 +54,9 @@ class PARConfig:
     dropout: float = 0.0
 
     # --- de-tokenizers (DiT heads) -----------------------------------------------------------
-    frame_head_width: int = 192
+    frame_head_width: int = 160
     frame_head_depth: int = 3
-    action_head_width: int = 192
+    action_head_width: int = 160
     action_head_depth: int = 3
     head_num_heads: int = 4
 

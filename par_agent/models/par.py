@@ -129,6 +129,20 @@ class PhysicalAutoregressiveModel(nn.Module):
             return self.frame_tokenizer.encode(batch["frames"].to(self.device))
 
     # ------------------------------------------------------------------ training
+    def _window_embeddings(self, batch: dict, z: torch.Tensor, has_a: bool, has_s: bool) -> torch.Tensor:
+        """Input embeddings (B, L, D) of windows laid out as in ``masks.window_layout``."""
+        dev, B = self.device, z.shape[0]
+        task = batch.get("task_id", torch.zeros(B, dtype=torch.long)).to(dev).reshape(B)
+        fe = self.embed_frames(z)  # (B, T, P, D)
+        parts0, rest = [fe[:, 0]], [fe[:, 1:]]
+        if has_a:
+            rest.append(self.embed_actions(self.action_norm.normalize(batch["actions"].to(dev, torch.float32))))
+        if has_s:
+            se = self.embed_state(batch["state"].to(dev, torch.float32))
+            parts0.append(se[:, 0])
+            rest.append(se[:, 1:])
+        return torch.cat([self.embed_task(task), torch.cat(parts0, 1), torch.cat(rest, 2).flatten(1, 2)], dim=1)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Losses for every block of a batch of windows in one backbone pass.
 
@@ -146,20 +160,11 @@ class PhysicalAutoregressiveModel(nn.Module):
         has_a, has_s = "actions" in batch, "state" in batch
         spec = BlockSpec(cfg.frame_tokens, cfg.chunk_size, has_a, has_s)
         idx = {k: v.to(dev) for k, v in _window_indices(spec, T).items()}
-        task = batch.get("task_id", torch.zeros(B, dtype=torch.long)).to(dev).reshape(B)
         fmask = batch.get("frame_mask", torch.ones(B, T, dtype=torch.bool)).to(dev)
 
-        fe = self.embed_frames(z)  # (B, T, P, D)
-        parts0 = [fe[:, 0]]
-        rest = [fe[:, 1:]]
+        x = self._window_embeddings(batch, z, has_a, has_s)
         if has_a:
             a_n = self.action_norm.normalize(batch["actions"].to(dev, torch.float32))
-            rest.append(self.embed_actions(a_n))
-        if has_s:
-            se = self.embed_state(batch["state"].to(dev, torch.float32))
-            parts0.append(se[:, 0])
-            rest.append(se[:, 1:])
-        x = torch.cat([self.embed_task(task), torch.cat(parts0, 1), torch.cat(rest, 2).flatten(1, 2)], dim=1)
         h = self.backbone(x, torch.arange(x.shape[1], device=dev), idx["mask"])
 
         mul = cfg.diffusion_batch_mul
@@ -178,6 +183,33 @@ class PhysicalAutoregressiveModel(nn.Module):
             )
             out["action_loss"] = action_loss
             out["loss"] = out["loss"] + cfg.action_loss_weight * action_loss
+        return out
+
+    @torch.no_grad()
+    def sample_window(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Teacher-forced predictions for every block of a window, in one backbone pass.
+
+        Returns ``frame_tokens`` (B, T-1, P, C): F_{n+1} sampled from the real context up to
+        block n; and, with actions, ``actions`` (B, T-1, K, Da) raw: A_n inferred from the real
+        F_{n+1} (the inverse-kinematics read-out), both with the config's sampler.
+        """
+        cfg, dev = self.cfg, self.device
+        z = self.frame_tokens(batch)
+        B, T = z.shape[:2]
+        has_a, has_s = "actions" in batch, "state" in batch
+        spec = BlockSpec(cfg.frame_tokens, cfg.chunk_size, has_a, has_s)
+        idx = {k: v.to(dev) for k, v in _window_indices(spec, T).items()}
+        x = self._window_embeddings(batch, z, has_a, has_s)
+        h = self.backbone(x, torch.arange(x.shape[1], device=dev), idx["mask"])
+        cond = self.frame_head.prepare(h[:, idx["frame"][:-1]].flatten(0, 1), h[:, idx["last"][:-1]].flatten(0, 1))
+        x0 = torch.randn(B * (T - 1), cfg.frame_tokens, cfg.token_dim, generator=generator).to(dev)
+        out = {"frame_tokens": self.diffusion.sample(self.frame_head, x0, cond, self.num_inference_steps).unflatten(0, (B, T - 1))}
+        if has_a:
+            ctx_idx = torch.cat([idx["frame"][1:], idx["boa"][:, None]], dim=1)
+            cond = self.action_head.prepare(h[:, ctx_idx].flatten(0, 1), h[:, idx["boa"]].flatten(0, 1))
+            x0 = torch.randn(B * (T - 1), cfg.chunk_size, cfg.action_dim, generator=generator).to(dev)
+            a = self.diffusion.sample(self.action_head, x0, cond, self.num_inference_steps).clamp(-1, 1)
+            out["actions"] = self.action_norm.unnormalize(a).unflatten(0, (B, T - 1))
         return out
 
     # ------------------------------------------------------------------ inference

@@ -104,6 +104,20 @@ class FrameTokenizer(nn.Module):
         img = x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
         return img.reshape(*lead, *img.shape[1:])
 
+    def loss(self, frames: torch.Tensor, kl_weight: float = 1e-6, grad_weight: float = 0.5) -> dict[str, torch.Tensor]:
+        """Autoencoder training loss on uint8 frames (N, H, W, 3): L1 + MSE reconstruction, an
+        image-gradient term (a cheap stand-in for a perceptual loss that keeps edges sharp; LPIPS
+        would need downloaded weights) and a small KL term. Returns ``loss``, ``l1``, ``mse``, ``kl``."""
+        self.check_frames(frames)
+        x = self.to_pixels(frames.to(self.latent_mean.device))
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.sample()).sample
+        l1 = (rec - x).abs().mean()
+        mse = (rec - x).pow(2).mean()
+        grad = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
+        kl = post.kl().mean()
+        return {"loss": l1 + mse + grad_weight * grad + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
+
     @torch.no_grad()
     def fit_latent_stats(self, frames: torch.Tensor | np.ndarray, batch_size: int = 64) -> None:
         """Set the per-channel latent mean/std from frames (N, H, W, 3) uint8."""
@@ -126,9 +140,9 @@ def train_frame_tokenizer(
     progress: bool = True,
     log_every: int = 50,
 ) -> dict[str, float]:
-    """Train the autoencoder on frames (N, H, W, 3) uint8: L1 + MSE reconstruction, a KL term,
-    and an image-gradient term (a cheap stand-in for a perceptual loss that keeps edges sharp;
-    LPIPS would need downloaded weights). Sets the latent statistics at the end.
+    """Train the autoencoder on frames (N, H, W, 3) uint8 with :meth:`FrameTokenizer.loss`
+    (single process, in memory; ``par-train tokenizer`` is the resumable, distributed form).
+    Sets the latent statistics at the end.
 
     Returns the final metrics: ``loss``, ``l1``, ``psnr`` (on the last batch), ``seconds``.
     """
@@ -142,16 +156,8 @@ def train_frame_tokenizer(
     bar = tqdm(range(steps), desc="tokenizer", disable=not progress)
     for step in bar:
         idx = torch.randint(0, len(frames), (batch_size,), generator=gen)
-        x = tok.to_pixels(frames[idx].to(device))
-        post = tok.vae.encode(x).latent_dist
-        rec = tok.vae.decode(post.sample()).sample
-        l1 = (rec - x).abs().mean()
-        mse = (rec - x).pow(2).mean()
-        grad = sum(
-            (torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3)
-        )
-        kl = post.kl().mean()
-        loss = l1 + mse + grad_weight * grad + kl_weight * kl
+        out = tok.loss(frames[idx], kl_weight=kl_weight, grad_weight=grad_weight)
+        loss, l1, mse = out["loss"], out["l1"], out["mse"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tok.vae.parameters(), 1.0)

@@ -1,0 +1,197 @@
+"""``par-eval``: success rate of a policy on a ManiSkill task, over a fixed list of seeds.
+
+    par-eval --policy par-pushcube --task PushCube-v1 --episodes 250 --num-envs 2 --videos 2 --out results/pushcube.json
+
+Episodes run in an SB3 vector env of :func:`envs.make_vec_env` (``--vec subproc`` for one process
+per env); after every episode the env is re-seeded with the next seed of the list, so episode j
+always uses ``seeds[j]`` whatever the number of envs. Success is ManiSkill's ``info["success"]``
+at any step. The default seeds, ``DEFAULT_SEED_START + j``, are far above the seeds
+``par-collect`` uses for demonstrations (0, 1, 2, ...), so no evaluation episode was a
+training demo.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+DEFAULT_SEED_START = 1_000_000
+
+
+def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    z, p = 1.959964, successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def parse_seeds(text: str | None, n: int) -> list[int]:
+    """``None`` -> the default list; ``"0-99"`` a range; ``"1,5,9"`` a list."""
+    if text is None:
+        return [DEFAULT_SEED_START + j for j in range(n)]
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part[1:]:
+            a, b = part.split("-", 1) if not part.startswith("-") else (part, part)
+            seeds += list(range(int(a), int(b) + 1))
+        elif part:
+            seeds.append(int(part))
+    if not seeds:
+        raise ValueError(f"--seeds {text!r} names no seed")
+    return seeds
+
+
+def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode_steps: int | None = None,
+             videos: int = 0, video_dir: str | Path | None = None, deterministic: bool = True,
+             vec_env_cls: str = "dummy", progress: bool = True, camera_size: int | None = None) -> dict[str, Any]:
+    """Run one episode per seed; returns the report (see module docstring).
+
+    ``policy`` is any object with SB3's ``predict(obs, state, episode_start, deterministic)``;
+    a :class:`PARPolicy` also supplies its predicted frames for the videos.
+    """
+    from envs import VideoRecorder, default_max_episode_steps, make_vec_env
+
+    max_steps = max_episode_steps or default_max_episode_steps(task)
+    num_envs = max(1, min(num_envs, len(seeds)))
+    size = camera_size or getattr(getattr(policy, "cfg", None), "image_size", 128)
+    vec = make_vec_env(task, num_envs, seed=seeds[0], vec_env_cls=vec_env_cls, max_episode_steps=max_steps,
+                       camera_size=size)
+    t_start = time.time()
+    queue = list(enumerate(seeds))
+    slot: list[tuple[int, int] | None] = [None] * num_envs  # (episode index, seed) per env
+    obs = vec.reset()
+    results: dict[int, dict] = {}
+    recorders: dict[int, Any] = {}
+    policy_time, control_steps = 0.0, 0
+
+    def start(i: int) -> None:
+        """Reset env i with the next seed (replaces the vec env's own auto-reset)."""
+        nonlocal obs
+        if not queue:
+            slot[i] = None
+            return
+        j, seed = queue.pop(0)
+        slot[i] = (j, seed)
+        o, _ = vec.env_method("reset", seed=seed, indices=[i])[0]
+        for k in obs:
+            obs[k][i] = o[k]
+        results[j] = {"seed": seed, "success": False, "length": 0}
+        if j < videos and video_dir is not None:
+            recorders[j] = VideoRecorder(video_dir, fps=20, prefix=f"{task}_seed{seed}")
+
+    for i in range(num_envs):
+        start(i)
+    episode_start = np.ones(num_envs, dtype=bool)
+    bar = tqdm(total=len(seeds), desc=f"eval {task}", disable=not progress)
+    n_done = n_success = 0
+    while any(s is not None for s in slot):
+        t0 = time.perf_counter()
+        actions, _ = policy.predict(obs, episode_start=episode_start, deterministic=deterministic)
+        policy_time += time.perf_counter() - t0
+        active = [i for i in range(num_envs) if slot[i] is not None]
+        control_steps += len(active)
+        predicted = policy.predicted_frames() if hasattr(policy, "predicted_frames") else [None] * num_envs
+        frames_before = {i: obs["rgb"][i].copy() for i in active if slot[i][0] in recorders}
+        obs, _, dones, infos = vec.step(actions)
+        episode_start = np.zeros(num_envs, dtype=bool)
+        for i in active:
+            j, seed = slot[i]
+            r = results[j]
+            r["length"] += 1
+            r["success"] = r["success"] or bool(infos[i].get("success", False))
+            if j in recorders:
+                recorders[j].add(frames_before[i], predicted[i], step=r["length"] - 1, success=r["success"])
+            if dones[i]:
+                if j in recorders:
+                    final = infos[i].get("terminal_observation", {}).get("rgb")
+                    if final is not None:
+                        recorders[j].add(final, None, step=r["length"], success=r["success"])
+                    r["video"] = str(recorders.pop(j).close_episode(success=r["success"]))
+                n_done += 1
+                n_success += r["success"]
+                bar.update(1)
+                bar.set_postfix(success=f"{n_success / n_done:.0%}")
+                start(i)
+                episode_start[i] = True
+    bar.close()
+    vec.close()
+    n = len(results)
+    succ = sum(r["success"] for r in results.values())
+    lo, hi = wilson_ci95(succ, n)
+    return {
+        "task": task,
+        "success_rate": succ / n,
+        "n_episodes": n,
+        "ci95": [lo, hi],
+        "mean_episode_length": float(np.mean([r["length"] for r in results.values()])),
+        "per_seed": [results[j] for j in sorted(results)],
+        "env": {"max_episode_steps": max_steps, "num_envs": num_envs, "control_mode": "pd_joint_pos",
+                "obs_mode": "rgb", "camera_size": size, "vec_env": vec_env_cls},
+        "wall_time_s": time.time() - t_start,
+        "policy_ms_per_control_step": 1000 * policy_time / max(control_steps, 1),
+        "deterministic": deterministic,
+        "videos": [r["video"] for j, r in sorted(results.items()) if "video" in r],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="par-eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--policy", required=True, help="built-in name (par-pushcube), checkpoint folder or hub id")
+    p.add_argument("--task", default=None, help="ManiSkill task id (default: the policy's first task)")
+    p.add_argument("--episodes", type=int, default=50, help="episodes on the default seed list")
+    p.add_argument("--seeds", default=None, help=f"'A-B' range or 'a,b,c' list (default: {DEFAULT_SEED_START}+j)")
+    p.add_argument("--num-envs", type=int, default=1)
+    p.add_argument("--vec", choices=["dummy", "subproc"], default="dummy")
+    p.add_argument("--max-episode-steps", type=int, default=None)
+    p.add_argument("--videos", type=int, default=0, help="record the first M episodes")
+    p.add_argument("--video-dir", default="outputs/eval_videos")
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-inference-steps", type=int, default=None)
+    p.add_argument("--no-kv-cache", action="store_true")
+    p.add_argument("--stochastic", action="store_true", help="sample with fresh noise (default: deterministic)")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+
+    from par_agent.policy import PARPolicy
+
+    overrides: dict[str, Any] = {}
+    if a.num_inference_steps:
+        overrides["num_inference_steps"] = a.num_inference_steps
+    if a.no_kv_cache:
+        overrides["use_kv_cache"] = False
+    policy = PARPolicy.from_pretrained(a.policy, device=a.device, task=a.task, **overrides)
+    task = a.task or policy.task
+    seeds = parse_seeds(a.seeds, a.episodes)  # an explicit --seeds list sets the number of episodes
+    report = evaluate(policy, task, seeds, num_envs=a.num_envs, max_episode_steps=a.max_episode_steps,
+                      videos=a.videos, video_dir=a.video_dir, deterministic=not a.stochastic, vec_env_cls=a.vec,
+                      progress=not a.no_progress)
+    report["policy"] = {"name": a.policy, "num_inference_steps": policy.model.num_inference_steps,
+                        "use_kv_cache": policy.model.use_kv_cache, "chunk_size": policy.cfg.chunk_size,
+                        "history": policy.cfg.history, "device": a.device}
+    text = json.dumps(report, indent=2)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
+    lo, hi = report["ci95"]
+    print(f"{task}: success {report['success_rate']:.1%} over {report['n_episodes']} episodes "
+          f"(95% CI {lo:.1%}-{hi:.1%}); mean length {report['mean_episode_length']:.1f}; "
+          f"policy {report['policy_ms_per_control_step']:.1f} ms/step; wall {report['wall_time_s']:.0f} s", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()

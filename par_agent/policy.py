@@ -1,0 +1,199 @@
+"""PARPolicy: the Physical Autoregressive Model as a Stable-Baselines3 policy.
+
+    policy = PARPolicy.from_pretrained("par-pushcube")
+    action, _ = policy.predict(obs)                                   # one env, SB3 contract
+    mean_reward, _ = evaluate_policy(policy, vec_env, n_eval_episodes=10)
+
+The model runs once per chunk of K control steps and serves the chunk from a per-env queue.
+Each env keeps its own context (KV cache); it is cleared when ``episode_start[i]`` is true or
+the number of envs changes. The frames the model imagined are available from
+:meth:`PARPolicy.predicted_frames` for the side-by-side video.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import BasePolicy
+
+from par_agent.config import PARConfig
+from par_agent.models import InferenceState, PhysicalAutoregressiveModel
+
+# Config fields that may be changed when loading: they do not change the weights.
+RUNTIME_OVERRIDES = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks")
+
+
+def observation_space_for(cfg: PARConfig) -> spaces.Dict:
+    s = cfg.image_size
+    return spaces.Dict({
+        "rgb": spaces.Box(0, 255, (s, s, 3), np.uint8),
+        "state": spaces.Box(-np.inf, np.inf, (cfg.state_dim,), np.float32),
+    })
+
+
+def action_space_for(model: PhysicalAutoregressiveModel) -> spaces.Box:
+    """The range of the training actions (what the model can output)."""
+    n = model.action_norm
+    low = (n.offset - n.scale).cpu().numpy().astype(np.float32)
+    high = (n.offset + n.scale).cpu().numpy().astype(np.float32)
+    return spaces.Box(low, high, dtype=np.float32)
+
+
+class PARPolicy(BasePolicy):
+    """SB3 policy wrapping a :class:`PhysicalAutoregressiveModel`.
+
+    Args:
+        model: the trained model.
+        task: task name the policy acts on (one of ``model.cfg.task_names``; default the first).
+        observation_space, action_space: default to the model's (see ``observation_space_for``);
+            pass the env's action space to clip to it.
+        seed: seed of the per-env noise generators used when ``deterministic=True``.
+    """
+
+    def __init__(self, model: PhysicalAutoregressiveModel, task: str | None = None,
+                 observation_space: spaces.Space | None = None, action_space: spaces.Box | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(observation_space or observation_space_for(model.cfg), action_space or action_space_for(model))
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.task = task or self.cfg.task_names[0]
+        self.task_index = self.cfg.task_id(self.task)
+        self.seed = seed
+        self.reset()
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu", task: str | None = None,
+                        action_space: spaces.Box | None = None, seed: int = 0, **overrides: Any) -> "PARPolicy":
+        """Load a policy from a built-in name (``par-pushcube``), a local folder or a hub id.
+
+        ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
+        ``sampler``, ``history``, ``evict_blocks``.
+        """
+        bad = sorted(set(overrides) - set(RUNTIME_OVERRIDES))
+        if bad:
+            raise TypeError(f"unknown overrides {bad}; allowed: {list(RUNTIME_OVERRIDES)}, device, task, action_space, seed")
+        model = PhysicalAutoregressiveModel.from_pretrained(name_or_path, device=device, **overrides)
+        return cls(model, task=task, action_space=action_space, seed=seed).to(device)
+
+    def save_pretrained(self, folder, dtype: torch.dtype | None = None):
+        """Write ``config.json`` + ``model.safetensors`` (weights, tokenizer, statistics)."""
+        return self.model.save_pretrained(folder, dtype=dtype)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:  # used by SB3's save()
+        return {**super()._get_constructor_parameters(), "task": self.task, "seed": self.seed}
+
+    # ------------------------------------------------------------------ state
+    def reset(self, n_envs: int | None = None) -> None:
+        """Forget all history (of ``n_envs`` envs, default: keep the current count)."""
+        n = n_envs if n_envs is not None else getattr(self, "n_envs", 0)
+        self.n_envs = n
+        self.contexts: list[InferenceState | None] = [None] * n
+        self.queues: list[deque] = [deque() for _ in range(n)]
+        self.last_chunk: list[torch.Tensor | None] = [None] * n
+        self.predicted_tokens: list[torch.Tensor | None] = [None] * n
+        self.generators: list[torch.Generator | None] = [None] * n
+        self.chunks_predicted = 0
+
+    def reset_env(self, i: int) -> None:
+        self.contexts[i] = None
+        self.queues[i].clear()
+        self.last_chunk[i] = None
+        self.predicted_tokens[i] = None
+        self.generators[i] = None
+
+    # ------------------------------------------------------------------ validation
+    def _check_obs(self, observation: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Returns rgb (n, H, W, 3) uint8, state (n, Ds) float32 and whether the input was batched."""
+        if isinstance(observation, tuple) and len(observation) == 2 and isinstance(observation[1], dict):
+            raise ValueError("predict() got a (obs, info) tuple: pass only the observation dict (obs, info = env.reset())")
+        if not isinstance(observation, dict):
+            raise ValueError(f"observation must be a dict with keys 'rgb' and 'state', got {type(observation).__name__}")
+        for key in ("rgb", "state"):
+            if key not in observation:
+                raise ValueError(f"observation is missing key {key!r}: expected keys ['rgb', 'state'], got {sorted(observation)}")
+        rgb, st = observation["rgb"], observation["state"]
+        rgb = rgb.detach().cpu().numpy() if torch.is_tensor(rgb) else np.asarray(rgb)
+        st = st.detach().cpu().numpy() if torch.is_tensor(st) else np.asarray(st)
+        s = self.cfg.image_size
+        if rgb.dtype != np.uint8:
+            raise ValueError(f"observation['rgb'] must have dtype uint8, got {rgb.dtype}")
+        batched = rgb.ndim == 4
+        if rgb.shape[-3:] != (s, s, 3) or rgb.ndim not in (3, 4):
+            raise ValueError(f"observation['rgb'] must have shape ({s}, {s}, 3) or (n_envs, {s}, {s}, 3), got {rgb.shape}")
+        want = (rgb.shape[0], self.cfg.state_dim) if batched else (self.cfg.state_dim,)
+        if st.shape != want:
+            raise ValueError(f"observation['state'] must have shape {want}, got {st.shape}")
+        if not np.issubdtype(st.dtype, np.floating):
+            raise ValueError(f"observation['state'] must have a float dtype (float32), got {st.dtype}")
+        if not np.isfinite(st).all():
+            bad = np.argwhere(~np.isfinite(st))[0].tolist()
+            raise ValueError(f"observation['state'] has a non-finite value at index {bad}")
+        if not batched:
+            rgb, st = rgb[None], st[None]
+        return rgb, st.astype(np.float32), batched
+
+    # ------------------------------------------------------------------ acting
+    def predict(self, observation: dict[str, np.ndarray], state: tuple[np.ndarray, ...] | None = None,
+                episode_start: np.ndarray | None = None, deterministic: bool = False
+                ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3's contract: numpy in, numpy out, batch dimension added and removed as SB3 does.
+
+        Returns actions (Da,) for one observation or (n_envs, Da) for a batch, clipped to the
+        action space, and ``state`` unchanged (history is kept inside the policy, per env).
+        """
+        self.set_training_mode(False)
+        rgb, st, batched = self._check_obs(observation)
+        n = rgb.shape[0]
+        if n != self.n_envs:
+            self.reset(n)
+        if episode_start is not None:
+            starts = np.asarray(episode_start, dtype=bool).reshape(-1)
+            if starts.shape[0] != n:
+                raise ValueError(f"episode_start has {starts.shape[0]} entries for {n} observations")
+            for i in np.flatnonzero(starts):
+                self.reset_env(int(i))
+        out = np.empty((n, self.cfg.action_dim), dtype=np.float32)
+        for i in range(n):
+            if not self.queues[i]:
+                self._new_chunk(i, rgb[i], st[i], deterministic)
+            out[i] = self.queues[i].popleft()
+        if isinstance(self.action_space, spaces.Box):
+            out = np.clip(out, self.action_space.low, self.action_space.high)
+        return (out if batched else out[0]), state
+
+    @torch.no_grad()
+    def _new_chunk(self, i: int, rgb: np.ndarray, st: np.ndarray, deterministic: bool) -> None:
+        dev = self.model.device
+        frames = torch.from_numpy(rgb)[None].to(dev)
+        state = torch.from_numpy(st)[None].to(dev)
+        if self.contexts[i] is None:
+            self.contexts[i] = self.model.start(torch.tensor([self.task_index], device=dev), frames, state)
+            if deterministic:
+                self.generators[i] = torch.Generator(device=dev).manual_seed(self.seed)
+        else:
+            self.model.commit(self.contexts[i], self.last_chunk[i], frames, state)
+        actions, tokens = self.model.act(self.contexts[i], generator=self.generators[i] if deterministic else None)
+        self.last_chunk[i], self.predicted_tokens[i] = actions, tokens
+        self.queues[i].extend(actions[0].cpu().numpy())
+        self.chunks_predicted += 1
+
+    def _predict(self, observation, deterministic: bool = False) -> torch.Tensor:  # SB3's abstract hook
+        obs = {k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in observation.items()}
+        actions, _ = self.predict(obs, deterministic=deterministic)
+        return torch.as_tensor(actions)
+
+    def forward(self, observation, deterministic: bool = False) -> torch.Tensor:
+        return self._predict(observation, deterministic)
+
+    @torch.no_grad()
+    def predicted_frames(self) -> list[np.ndarray | None]:
+        """The frame each env's model imagined at its last chunk start (the frame it expects at
+        the end of the chunk), decoded to uint8 (H, W, 3); None for envs without a prediction."""
+        out: list[np.ndarray | None] = []
+        for tok in self.predicted_tokens:
+            out.append(None if tok is None else self.model.frame_tokenizer.decode(tok)[0].cpu().numpy())
+        return out

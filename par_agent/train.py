@@ -1,0 +1,536 @@
+"""``par-train``: the three training stages of PAR, resumable and distributed.
+
+    par-train tokenizer      --data data/PushCube-v1 --out runs/pushcube          # frame autoencoder
+    par-train pretrain-video --data data/ --out runs/pushcube                      # frames only, no actions
+    par-train finetune       --data data/PushCube-v1 --out runs/pushcube           # frames + actions
+
+Each stage writes ``OUT/<stage>/``: ``ckpt-<step>/`` training checkpoints (written to a temporary
+folder, then renamed; ``latest`` names the newest), ``metrics.csv``, TensorBoard events,
+validation videos, and at the end ``final/``: the EMA weights as a PAR checkpoint folder that
+``PARPolicy.from_pretrained`` loads. Re-running a stage resumes from ``latest``. A stage starts
+from the previous stage's ``final/`` (``--init`` to choose another folder).
+
+Several GPUs or nodes: ``torchrun --nproc_per_node 8 -m par_agent.train finetune ...`` (or
+``accelerate launch -m par_agent.train ...``) runs DistributedDataParallel; on CPUs it uses gloo.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+from par_agent.config import PARConfig
+from par_agent.hub import load_state, read_checkpoint
+from par_agent.models import PhysicalAutoregressiveModel
+from par_agent.tokenizers import set_dataset_stats
+
+STAGES = ("tokenizer", "pretrain-video", "finetune")
+PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video"}
+
+
+@dataclass
+class TrainArgs:
+    stage: str
+    data: list[str]
+    out: Path
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup: int = 100
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    ckpt_every: int = 500
+    val_every: int = 500
+    log_every: int = 10
+    workers: int = 0
+    seed: int = 0
+    init: str | None = None
+    preset: str = "small"
+    overrides: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    device: str = "auto"
+    val_fraction: float = 0.1
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------- distributed
+def dist_setup() -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun/accelerate."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    return rank, world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        x = x.detach().clone()
+        dist.all_reduce(x)
+        x /= world
+    return x
+
+
+# ----------------------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of the trainable parameters (float32 copies)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        params = dict(model.named_parameters())
+        self.shadow = [params[n].detach().float().clone() for n in self.names]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # warm-up of the average
+        params = dict(model.named_parameters())
+        torch._foreach_lerp_(self.shadow, [params[n].detach().float() for n in self.names], 1 - d)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.shadow))
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        for i, n in enumerate(self.names):
+            self.shadow[i].copy_(sd[n])
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        for n, s in zip(self.names, self.shadow):
+            params[n].copy_(s)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    f = stage_dir / "latest"
+    if not f.is_file():
+        return None
+    p = stage_dir / f.read_text().strip()
+    return p if (p / "trainer.pt").is_file() else None
+
+
+def save_training_checkpoint(stage_dir: Path, step: int, model: PhysicalAutoregressiveModel, opt, sched, ema: EMA,
+                             keep: int = 2) -> Path:
+    """Atomic: everything goes to ``ckpt-<step>.tmp`` which is renamed, then ``latest`` is replaced."""
+    name = f"ckpt-{step:08d}"
+    tmp = stage_dir / (name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "ema": ema.state_dict(), "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()},
+               tmp / "trainer.pt")
+    final = stage_dir / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    ptr = stage_dir / "latest.tmp"
+    ptr.write_text(name + "\n")
+    os.replace(ptr, stage_dir / "latest")
+    old = sorted(p for p in stage_dir.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for p in old[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------- data
+def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
+                   tokens_from: PhysicalAutoregressiveModel | None = None):
+    from torch.utils.data import ConcatDataset
+
+    from par_agent.data.dataset import PhysicalStepDataset
+
+    frames_only = args.stage != "finetune"
+    train, val = [], []
+    for path in args.data:
+        task = task_of(path)
+        tid = cfg.task_names.index(task) if task in cfg.task_names else 0
+        kw = dict(history=cfg.history, chunk_size=cfg.chunk_size, task_id=tid, frames_only=frames_only,
+                  val_fraction=args.val_fraction, image_size=cfg.image_size)
+        tr = PhysicalStepDataset(path, split="train", stats=stats, **kw)
+        train.append(tr)
+        try:
+            val.append(PhysicalStepDataset(path, split="val", stats=tr.stats, **kw))
+        except ValueError:
+            pass  # too few episodes for a validation split
+    stats = train[0].stats
+    if tokens_from is not None:  # frozen tokenizer: encode every frame once, not every step
+        train = [TokenizedWindows(ds, tokens_from) for ds in train]
+    return (train[0] if len(train) == 1 else ConcatDataset(train)), (val or None), stats
+
+
+class TokenizedWindows(torch.utils.data.Dataset):
+    """A window dataset whose frames are replaced by precomputed frame tokens (B, T, P, C).
+
+    The frame tokenizer is frozen after its own stage, so encoding the dataset's frames once
+    is exact and saves a frame-encoder pass per frame per step.
+    """
+
+    def __init__(self, ds, model: PhysicalAutoregressiveModel, batch_size: int = 64) -> None:
+        self.ds = ds
+        tok = model.frame_tokenizer
+        with torch.no_grad():
+            chunks = [tok.encode(torch.from_numpy(ds.frames[i:i + batch_size]).to(model.device)).cpu()
+                      for i in range(0, len(ds.frames), batch_size)]
+        self.tokens = torch.cat(chunks)  # (N_frames, P, C)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.ds[i])
+        del item["frames"]
+        item["frame_tokens"] = self.tokens[item.pop("frame_index")]
+        return item
+
+
+def task_of(path: str) -> str | None:
+    """The ManiSkill env id recorded with a data source (``env_info.env_id`` of the trajectory
+    json or of a compact folder's ``meta.json``), or None (e.g. plain videos)."""
+    p = Path(path)
+    candidates = [p.with_suffix(".json")] if p.suffix == ".h5" else []
+    if p.is_dir():
+        candidates += [p / "meta.json"] + sorted(h.with_suffix(".json") for h in p.rglob("*.h5") if "chunks" not in h.parts)
+        candidates += sorted(p.rglob("meta.json"))
+    for c in candidates:
+        if c.is_file():
+            try:
+                env_id = json.loads(c.read_text()).get("env_info", {}).get("env_id")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if env_id:
+                return env_id
+    return None
+
+
+# ----------------------------------------------------------------------------- model
+def build_model(args: TrainArgs, stage_dir: Path, rank: int) -> tuple[PhysicalAutoregressiveModel, str]:
+    """A new model for the stage: from ``--init`` / the previous stage's ``final``, or fresh."""
+    init = args.init
+    if init is None and args.stage in PREVIOUS:
+        prev = args.out / PREVIOUS[args.stage] / "final"
+        if prev.is_dir():
+            init = str(prev)
+        elif args.stage == "finetune" and (args.out / "tokenizer" / "final").is_dir():
+            init = str(args.out / "tokenizer" / "final")
+    overrides = parse_overrides(args.overrides)
+    if init is not None:
+        cfg, state, _ = read_checkpoint(init)
+        new_cfg = cfg.replace(**overrides) if overrides else cfg
+        model = PhysicalAutoregressiveModel(new_cfg)
+        own = model.state_dict()
+        keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        dropped = sorted(set(state) - set(keep))
+        own.update(keep)
+        load_state(model, own, init)
+        note = f"initialised from {init}" + (f" (re-initialised {len(dropped)} tensors of another shape)" if dropped else "")
+        return model, note
+    tasks = args.tasks or tuple(sorted({t for t in (task_of(p) for p in args.data) if t})) or ("PushCube-v1",)
+    cfg = PARConfig.named(args.preset, **{"task_names": tuple(tasks), **overrides})
+    torch.manual_seed(args.seed)
+    return PhysicalAutoregressiveModel(cfg), "initialised from scratch"
+
+
+def parse_overrides(items) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+class TokenizerObjective(nn.Module):
+    """Wraps the frame tokenizer so DDP sees one module whose forward returns the losses."""
+
+    def __init__(self, model: PhysicalAutoregressiveModel) -> None:
+        super().__init__()
+        self.tok = model.frame_tokenizer
+
+    def forward(self, batch: dict) -> dict:
+        frames = batch["frames"]
+        valid = batch["frame_mask"].reshape(-1)
+        return self.tok.loss(frames.reshape(-1, *frames.shape[-3:])[valid])
+
+
+# ----------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, out_dir: Path | None, step: int,
+             max_windows: int = 16) -> dict[str, float]:
+    """Frame PSNR (dB) of teacher-forced next-frame predictions, tokenizer PSNR, action MSE."""
+    from torch.utils.data import default_collate
+
+    model.eval()
+    items = []
+    for ds in val_sets:
+        n = len(ds)
+        items += [ds[i] for i in np.linspace(0, n - 1, min(n, max_windows // len(val_sets) or 1)).astype(int)]
+    batch = {k: v.to(device) for k, v in default_collate(items).items()
+             if not (stage == "pretrain-video" and k == "state")}
+    frames = batch["frames"]  # (B, T, H, W, 3)
+    tok = model.frame_tokenizer
+    rec = tok.decode(tok.encode(frames))
+    fmask = batch["frame_mask"]
+    psnr = lambda a, b, m: (10 * torch.log10(255.0**2 / ((a.float() - b.float()) ** 2).mean((-1, -2, -3)).clamp_min(1e-10)))[m].mean().item()  # noqa: E731
+    out = {"val/tokenizer_psnr": psnr(rec, frames, fmask)}
+    if stage != "tokenizer":
+        g = torch.Generator().manual_seed(0)
+        pred = model.sample_window(batch, generator=g)
+        img = tok.decode(pred["frame_tokens"])
+        valid = fmask[:, 1:] & fmask[:, :-1]
+        out["val/frame_psnr"] = psnr(img, frames[:, 1:], valid)
+        if "actions" in pred:
+            am = batch["action_mask"] & valid[..., None]
+            err = ((pred["actions"] - batch["actions"]) ** 2).mean(-1)
+            out["val/action_mse"] = (err[am].mean()).item()
+        if out_dir is not None:
+            write_validation_video(frames[0, 1:], img[0], out_dir / f"val-{step:08d}.mp4")
+    model.train()
+    return out
+
+
+def write_validation_video(real: torch.Tensor, pred: torch.Tensor, path: Path, fps: int = 4) -> None:
+    """Real next frames (left) beside the predicted ones (right); (T, H, W, 3) uint8 each."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pair = torch.cat([real, pred], dim=2).cpu().numpy()
+    pair = pair.repeat(2, axis=1).repeat(2, axis=2)
+    imageio.mimwrite(path, list(pair), fps=fps, macro_block_size=1)
+
+
+# ----------------------------------------------------------------------------- loop
+def train(args: TrainArgs) -> dict:
+    if args.stage not in STAGES:
+        raise ValueError(f"unknown stage {args.stage!r}; choose from {STAGES}")
+    rank, world, local_rank = dist_setup()
+    if args.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    stage_dir = args.out / args.stage
+    if rank == 0:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        dist.barrier()
+    torch.manual_seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+
+    resume = latest_checkpoint(stage_dir)
+    if resume is not None:
+        model = PhysicalAutoregressiveModel.from_pretrained(resume)
+        note = f"resuming from {resume}"
+    else:
+        model, note = build_model(args, stage_dir, rank)
+    cfg = model.cfg
+    stats = None
+    if args.stage == "finetune" and resume is not None:
+        stats = {"action_min": (model.action_norm.offset - model.action_norm.scale).numpy(),
+                 "action_max": (model.action_norm.offset + model.action_norm.scale).numpy(),
+                 "state_mean": model.state_norm.offset.numpy(), "state_std": model.state_norm.scale.numpy()}
+    train_set, val_sets, data_stats = build_datasets(args, cfg, stats,
+                                                     tokens_from=model if args.stage != "tokenizer" else None)
+    if args.stage == "finetune" and resume is None:
+        set_dataset_stats(model.action_norm, model.state_norm, data_stats)
+    model.to(device).train()
+
+    if args.stage == "tokenizer":
+        objective: nn.Module = TokenizerObjective(model)
+        params = list(model.frame_tokenizer.parameters())
+    else:
+        objective = model
+        for p in model.frame_tokenizer.parameters():
+            p.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    sched = get_cosine_schedule_with_warmup(opt, min(args.warmup, args.steps // 10 + 1), args.steps)
+    ema = EMA(model, args.ema)
+    step = 0
+    if resume is not None:
+        st = torch.load(resume / "trainer.pt", map_location="cpu", weights_only=False)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        ema.load_state_dict(st["ema"])
+        step = st["step"]
+        torch.set_rng_state(st["torch_rng"])
+        np.random.set_state(st["numpy_rng"])
+    ddp = objective
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else \
+        RandomSampler(train_set, replacement=True, num_samples=10**9, generator=torch.Generator().manual_seed(args.seed + step))
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    writer = csv_file = tb = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(str(stage_dir / "tb"))
+        new = not (stage_dir / "metrics.csv").exists()
+        csv_file = open(stage_dir / "metrics.csv", "a", newline="")
+        writer = csv.writer(csv_file)
+        if new:
+            writer.writerow(["step", "name", "value", "time"])
+        print(f"[par-train] {args.stage}: {note}; {len(train_set)} training windows; "
+              f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters; device {device}; world {world}",
+              file=sys.stderr)
+
+    def log(metrics: dict[str, float]) -> None:
+        if rank != 0:
+            return
+        now = time.time()
+        for k, v in metrics.items():
+            writer.writerow([step, k, f"{v:.6g}", f"{now:.1f}"])
+            tb.add_scalar(k, v, step)
+        csv_file.flush()
+
+    bar = tqdm(total=args.steps, initial=step, desc=args.stage, disable=rank != 0 or not args.progress,
+               dynamic_ncols=True)
+    epoch, it = 0, None
+    t_last, samples = time.time(), 0
+    last_loss = float("nan")
+    while step < args.steps:
+        if it is None:
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            it = iter(loader)
+        try:
+            batch = next(it)
+        except StopIteration:
+            epoch, it = epoch + 1, None
+            continue
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()
+                 if not (args.stage == "pretrain-video" and k == "state")}  # pure video: no state
+        with amp:
+            out = ddp(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}: {out}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        ema.update(model, step)
+        samples += args.batch_size * world
+        if step % args.log_every == 0 or step == args.steps:
+            vals = {f"train/{k}": all_mean(v.float(), world).item() for k, v in out.items()}
+            dt = time.time() - t_last
+            vals["train/samples_per_s"] = samples / max(dt, 1e-9)
+            vals["train/lr"] = sched.get_last_lr()[0]
+            vals["train/grad_norm"] = float(gnorm)
+            last_loss = vals["train/loss"]
+            log(vals)
+            bar.set_postfix(loss=f"{last_loss:.4f}", sps=f"{vals['train/samples_per_s']:.1f}")
+            t_last, samples = time.time(), 0
+        bar.update(1)
+        if step % args.ckpt_every == 0 or step == args.steps:
+            if rank == 0:
+                save_training_checkpoint(stage_dir, step, model, opt, sched, ema)
+            if world > 1:
+                dist.barrier()
+        if val_sets and rank == 0 and (step % args.val_every == 0 or step == args.steps):
+            log(validate(model, val_sets, args.stage, device, stage_dir / "videos", step))
+    bar.close()
+
+    summary = {"stage": args.stage, "step": step, "loss": last_loss}
+    if rank == 0:
+        final_model = PhysicalAutoregressiveModel(cfg)
+        final_model.load_state_dict(model.state_dict())
+        ema.copy_to(final_model)
+        if args.stage == "tokenizer":
+            sample = next(iter(DataLoader(train_set, batch_size=min(64, len(train_set)), shuffle=True)))
+            fr = sample["frames"][sample["frame_mask"]]
+            final_model.frame_tokenizer.to(device).eval().fit_latent_stats(fr.to(device))
+        final_dir = stage_dir / "final"
+        tmp = stage_dir / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        final_model.cpu().save_pretrained(tmp, extra={"stage": args.stage, "step": step})
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(tmp, final_dir)
+        if val_sets:
+            summary.update(validate(final_model.to(device), val_sets, args.stage, device, None, step))
+        (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        csv_file.close()
+        tb.close()
+        print(f"[par-train] {args.stage} done at step {step}: {json.dumps(summary)}; model in {final_dir}", file=sys.stderr)
+    if world > 1:
+        checksum = sum(p.detach().double().sum().item() for p in model.parameters())
+        (stage_dir / f"rank{rank}.json").write_text(json.dumps({"loss": last_loss, "param_checksum": checksum}))
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> TrainArgs:
+    p = argparse.ArgumentParser(prog="par-train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--data", nargs="+", required=True, help=".h5 files, compact folders, data folders or video folders")
+    p.add_argument("--out", type=Path, required=True, help="run folder; each stage writes OUT/<stage>/")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 for the tokenizer, 3e-4 otherwise")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (frames are already in memory)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default=None, help="checkpoint folder to start from (default: previous stage's final/)")
+    p.add_argument("--preset", default="small", help="model size when starting from scratch: small | tiny")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. --set chunk_size=4 history=8")
+    p.add_argument("--tasks", nargs="*", default=[], help="task names of the model (default: those in the data)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    lr = a.lr if a.lr is not None else (1e-3 if a.stage == "tokenizer" else 3e-4)
+    return TrainArgs(stage=a.stage, data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=lr,
+                     weight_decay=a.weight_decay, warmup=a.warmup, grad_clip=a.grad_clip, ema=a.ema,
+                     ckpt_every=a.ckpt_every, val_every=a.val_every, log_every=a.log_every, workers=a.workers,
+                     seed=a.seed, init=a.init, preset=a.preset, overrides=tuple(a.overrides), tasks=tuple(a.tasks),
+                     device=a.device, val_fraction=a.val_fraction, progress=not a.no_progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

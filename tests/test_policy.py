@@ -1,0 +1,110 @@
+"""PARPolicy: SB3 contract, per-env history, validation, loading."""
+import numpy as np
+import pytest
+import torch
+
+from helpers import tiny_model
+from par_agent import PARPolicy
+
+
+def tiny_policy(**kw) -> PARPolicy:
+    m = tiny_model()
+    m.action_norm.set_stats(-np.ones(8, np.float32), np.ones(8, np.float32))
+    return PARPolicy(m, **kw)
+
+
+def obs(n=None, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = () if n is None else (n,)
+    return {"rgb": rng.integers(0, 256, shape + (32, 32, 3), dtype=np.uint8),
+            "state": rng.standard_normal(shape + (25,)).astype(np.float32)}
+
+
+def test_sb3_shapes_single_and_batched():
+    p = tiny_policy()
+    a, state = p.predict(obs())
+    assert a.shape == (8,) and a.dtype == np.float32 and state is None
+    a, _ = p.predict(obs(3))
+    assert a.shape == (3, 8)
+    assert p.n_envs == 3  # number of envs changed: history reset
+
+
+def test_one_model_call_per_chunk_and_queue():
+    p = tiny_policy()
+    K = p.cfg.chunk_size
+    for t in range(3 * K):
+        p.predict(obs(seed=t), episode_start=np.array([t == 0]))
+    assert p.chunks_predicted == 3
+    assert p.contexts[0].steps == 2  # two real blocks committed after the first
+
+
+def test_deterministic_same_observations_same_actions():
+    seq = [obs(seed=t) for t in range(5)]
+    runs = []
+    for _ in range(2):
+        p = tiny_policy()
+        runs.append([p.predict(o, episode_start=np.array([t == 0]), deterministic=True)[0] for t, o in enumerate(seq)])
+    np.testing.assert_array_equal(np.stack(runs[0]), np.stack(runs[1]))
+
+
+def test_episode_start_clears_only_that_env():
+    p = tiny_policy()
+    p.predict(obs(2), episode_start=np.array([True, True]))
+    ctx0, ctx1 = p.contexts
+    p.predict(obs(2, seed=1), episode_start=np.array([False, True]))
+    assert p.contexts[0] is ctx0 and p.contexts[1] is not ctx1
+
+
+def test_actions_clipped_to_given_action_space():
+    from gymnasium import spaces
+
+    p = tiny_policy(action_space=spaces.Box(-0.1, 0.1, (8,), np.float32))
+    a, _ = p.predict(obs())
+    assert np.abs(a).max() <= np.float32(0.1)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"state": np.zeros(25, np.float32)}, "missing key 'rgb'"),
+        ({"rgb": np.zeros((32, 32, 3), np.uint8)}, "missing key 'state'"),
+        ({"rgb": np.zeros((32, 32, 3), np.float32), "state": np.zeros(25, np.float32)}, "dtype uint8, got float32"),
+        ({"rgb": np.zeros((64, 64, 3), np.uint8), "state": np.zeros(25, np.float32)}, r"shape \(32, 32, 3\).*got \(64, 64, 3\)"),
+        ({"rgb": np.zeros((32, 32, 3), np.uint8), "state": np.zeros(24, np.float32)}, r"'state'.*\(25,\), got \(24,\)"),
+        ({"rgb": np.zeros((32, 32, 3), np.uint8), "state": np.full(25, np.nan, np.float32)}, "non-finite"),
+        ({"rgb": np.zeros((32, 32, 3), np.uint8), "state": np.zeros(25, np.int64)}, "float dtype"),
+    ],
+)
+def test_bad_observations_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_policy().predict(bad)
+
+
+def test_gym_tuple_mistake_explained():
+    with pytest.raises(ValueError, match="obs, info"):
+        tiny_policy().predict((obs(), {}))
+
+
+def test_from_pretrained_round_trip_and_errors(tmp_path):
+    p = tiny_policy()
+    p.save_pretrained(tmp_path / "ck")
+    q = PARPolicy.from_pretrained(str(tmp_path / "ck"), use_kv_cache=False, num_inference_steps=2)
+    assert q.model.use_kv_cache is False and q.model.num_inference_steps == 2
+    a1, _ = p.predict(obs(), deterministic=True)
+    q2 = PARPolicy.from_pretrained(str(tmp_path / "ck"))
+    a2, _ = q2.predict(obs(), deterministic=True)
+    np.testing.assert_allclose(a1, a2, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="par-nope"):
+        PARPolicy.from_pretrained("par-nope")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        PARPolicy.from_pretrained(str(tmp_path / "missing"))
+    with pytest.raises(TypeError, match="width"):
+        PARPolicy.from_pretrained(str(tmp_path / "ck"), width=8)
+
+
+def test_predicted_frames_decoded():
+    p = tiny_policy()
+    assert p.predicted_frames() == []
+    p.predict(obs(2))
+    frames = p.predicted_frames()
+    assert len(frames) == 2 and frames[0].shape == (32, 32, 3) and frames[0].dtype == np.uint8
