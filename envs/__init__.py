@@ -1,0 +1,31 @@
+"""ManiSkill environments for PAR: ``make_env``, the observation wrappers, the state layout, the
+predicted-video recorder and SB3 vec-env helpers."""
+from envs.make import (
+    DEFAULT_MAX_EPISODE_STEPS,
+    SUPPORTED_TASKS,
+    control_freq,
+    default_max_episode_steps,
+    make_env,
+    make_vec_env,
+)
+from envs.recorder import PredictedVideoWrapper, VideoRecorder
+from envs.state import STATE_DIMS, flatten_state, state_dim, state_keys
+from envs.wrappers import PARObservationWrapper, SingleEnvNumpyWrapper, stitch_cameras
+
+__all__ = [
+    "DEFAULT_MAX_EPISODE_STEPS",
+    "STATE_DIMS",
+    "SUPPORTED_TASKS",
+    "PARObservationWrapper",
+    "PredictedVideoWrapper",
+    "SingleEnvNumpyWrapper",
+    "VideoRecorder",
+    "control_freq",
+    "default_max_episode_steps",
+    "flatten_state",
+    "make_env",
+    "make_vec_env",
+    "state_dim",
+    "state_keys",
+    "stitch_cameras",
+]

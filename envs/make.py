@@ -1,0 +1,211 @@
+"""``make_env``: a ManiSkill task with the PAR observation wrapper applied, plus SB3 vec-env helpers."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import gymnasium as gym
+from gymnasium.envs.registration import EnvSpec
+
+from envs.wrappers import PARObservationWrapper, SingleEnvNumpyWrapper
+
+SUPPORTED_TASKS = ("PushCube-v1", "PickCube-v1", "StackCube-v1")
+
+# ManiSkill registers these tasks with 50 steps, but motion-planning demos are longer (seen here:
+# PushCube 62-77 steps, PickCube 50-86, StackCube 94-109 in pd_joint_pos at 20 Hz). The limits
+# leave room for a learned policy's slower, corrective episodes; see docs/DATA.md.
+DEFAULT_MAX_EPISODE_STEPS = {"PushCube-v1": 100, "PickCube-v1": 200, "StackCube-v1": 400}
+
+SETUP_HINT = (
+    "ManiSkill could not open a Vulkan device for rendering. On a CPU-only Debian 12 machine install "
+    "Mesa 25 (llvmpipe) from bookworm-backports: run `make setup` or `bash scripts/setup_system.sh` "
+    "(as root). Original error: {err}"
+)
+
+
+def _registered_tasks() -> list[str]:
+    import mani_skill.envs  # noqa: F401  (registers the tasks)
+    from mani_skill.utils.registration import REGISTERED_ENVS
+
+    return sorted(REGISTERED_ENVS.keys())
+
+
+def _check_task(task: str) -> None:
+    if not isinstance(task, str) or task not in _registered_tasks():
+        raise ValueError(
+            f"unknown task {task!r}. Supported tasks: {', '.join(SUPPORTED_TASKS)} "
+            "(any task id registered by ManiSkill also works, e.g. 'PullCube-v1')"
+        )
+
+
+def default_max_episode_steps(task: str) -> int:
+    """Episode limit used when ``make_env(max_episode_steps=None)``: the table above, else 2x ManiSkill's."""
+    if task in DEFAULT_MAX_EPISODE_STEPS:
+        return DEFAULT_MAX_EPISODE_STEPS[task]
+    from mani_skill.utils.registration import REGISTERED_ENVS
+
+    registered = REGISTERED_ENVS[task].max_episode_steps
+    return 2 * registered if registered else 400
+
+
+def _is_vulkan_error(err: BaseException) -> bool:
+    msg = str(err).lower()
+    return any(s in msg for s in ("vk::", "vulkan", "physical device", "incompatibledriver", "render device"))
+
+
+def _gym_make(task: str, **kwargs) -> gym.Env:
+    """``gym.make`` that turns a missing Vulkan driver into an actionable ``RuntimeError``."""
+    import mani_skill.envs  # noqa: F401
+
+    try:
+        return gym.make(task, **kwargs)
+    except RuntimeError as err:
+        if _is_vulkan_error(err):
+            raise RuntimeError(SETUP_HINT.format(err=err)) from err
+        raise
+
+
+_RENDER_KEEPALIVE: list = []
+
+
+def _keep_renderer_warm(env: gym.Env) -> None:
+    """Hold the first env's SAPIEN render system for the life of the process.
+
+    On a CPU renderer (Mesa llvmpipe) the first camera picture of a process compiles the shader
+    pipelines (8-15 s on 2 cores). They are freed when the last render system goes away, so a loop
+    that makes, closes and makes envs again (evaluation, tests) pays that every time; holding one
+    render system keeps later makes at ~0.5 s.
+    """
+    if _RENDER_KEEPALIVE:
+        return
+    try:
+        scene = env.unwrapped.scene
+        if not getattr(env.unwrapped, "gpu_sim_enabled", False) and scene.sub_scenes:
+            rs = scene.sub_scenes[0].render_system
+            if rs is not None:
+                _RENDER_KEEPALIVE.append(rs)
+    except Exception:  # best effort: only a speed-up
+        pass
+
+
+def make_env(
+    task: str,
+    num_envs: int = 1,
+    obs_mode: str = "rgb",
+    control_mode: str = "pd_joint_pos",
+    render_mode: Optional[str] = None,
+    max_episode_steps: Optional[int] = None,
+    camera_size: int = 128,
+    sim_backend: str = "auto",
+    seed: Optional[int] = None,
+    cameras: Sequence[str] = ("base_camera",),
+    **kwargs,
+) -> gym.Env:
+    """Make a ManiSkill task that speaks the PAR observation contract.
+
+    Observations: ``{"rgb": (H, n_cameras*W, 3) uint8, "state": (D_s,) float32}`` (see
+    :func:`envs.flatten_state` for the state layout). One env (``num_envs=1``): numpy, unbatched,
+    Gymnasium-conformant. ``num_envs > 1`` (GPU simulation): a ManiSkill vector env whose
+    observations are batched torch tensors ``(num_envs, ...)`` on the sim device.
+
+    Args:
+        task: a ManiSkill task id, e.g. ``"PushCube-v1"``.
+        num_envs: parallel envs; > 1 needs the GPU sim backend (use :func:`make_vec_env` on CPU).
+        obs_mode: ManiSkill observation mode; must include rgb (``"rgb"``, ``"rgbd"``, ...).
+        control_mode: ManiSkill controller, ``pd_joint_pos`` as in the demonstrations.
+        render_mode: e.g. ``"rgb_array"`` for ``env.render()``.
+        max_episode_steps: episode limit; ``None`` -> :func:`default_max_episode_steps`.
+        camera_size: width and height of every camera image.
+        sim_backend: ``"auto"``, ``"cpu"`` or ``"gpu"``.
+        seed: seed for the first ``reset()`` that passes none.
+        cameras: cameras stitched left to right into ``rgb``.
+        **kwargs: passed to ``gym.make`` (e.g. ``sensor_configs`` extras, ``shader_pack``).
+    """
+    _check_task(task)
+    if "rgb" not in obs_mode:
+        raise ValueError(f"obs_mode must contain camera images (e.g. 'rgb'), got {obs_mode!r}")
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if max_episode_steps is None:
+        max_episode_steps = default_max_episode_steps(task)
+    sensor_configs = dict(width=camera_size, height=camera_size)
+    sensor_configs.update(kwargs.pop("sensor_configs", {}) or {})
+    if num_envs > 1 and sim_backend == "cpu":
+        raise ValueError(
+            "ManiSkill simulates several envs in one process only on the GPU; "
+            "on CPU use envs.make_vec_env(task, n_envs) (one process/env per copy)"
+        )
+    env = _gym_make(
+        task,
+        num_envs=num_envs,
+        obs_mode=obs_mode,
+        control_mode=control_mode,
+        render_mode=render_mode,
+        max_episode_steps=max_episode_steps,
+        sensor_configs=sensor_configs,
+        sim_backend=sim_backend,
+        **kwargs,
+    )
+    _keep_renderer_warm(env)
+    env = PARObservationWrapper(env, cameras=cameras)
+    if env.unwrapped.num_envs == 1 and not env.unwrapped.gpu_sim_enabled:
+        single = SingleEnvNumpyWrapper(env, seed=seed)
+        # A spec that rebuilds this exact env (gymnasium's checker and tools re-make envs from it).
+        single.spec = EnvSpec(
+            id=f"par/{task}",
+            entry_point="envs.make:make_env",
+            max_episode_steps=None,
+            order_enforce=False,
+            disable_env_checker=True,
+            kwargs=dict(
+                task=task, num_envs=1, obs_mode=obs_mode, control_mode=control_mode,
+                render_mode=render_mode, max_episode_steps=max_episode_steps, camera_size=camera_size,
+                sim_backend=sim_backend, seed=seed, cameras=tuple(cameras), **kwargs,
+            ),
+        )
+        return single
+    if num_envs == 1:
+        raise ValueError("one GPU-simulated env: pass sim_backend='cpu' or num_envs > 1")
+    from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
+
+    vec = ManiSkillVectorEnv(env, auto_reset=True, ignore_terminations=False)
+    if seed is not None:
+        vec.reset(seed=seed)
+    return vec
+
+
+def make_vec_env(task: str, n_envs: int, seed: int = 0, vec_env_cls: str = "dummy", **make_env_kwargs):
+    """An SB3 ``DummyVecEnv`` / ``SubprocVecEnv`` of ``n_envs`` :func:`make_env` copies.
+
+    Copy ``i`` is seeded with ``seed + i`` (SB3's ``VecEnv.seed`` convention).
+
+    Args:
+        task: ManiSkill task id.
+        n_envs: number of copies.
+        seed: seed of copy 0.
+        vec_env_cls: ``"dummy"`` (one process) or ``"subproc"`` (one process per copy).
+        **make_env_kwargs: forwarded to :func:`make_env` (``num_envs`` is forced to 1).
+    """
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    _check_task(task)
+    classes = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+    if vec_env_cls not in classes:
+        raise ValueError(f"vec_env_cls must be one of {sorted(classes)}, got {vec_env_cls!r}")
+    make_env_kwargs = dict(make_env_kwargs)
+    make_env_kwargs.pop("num_envs", None)
+    make_env_kwargs.setdefault("sim_backend", "cpu")
+
+    def factory(i: int):
+        def _thunk():
+            return make_env(task, num_envs=1, seed=seed + i, **make_env_kwargs)
+
+        return _thunk
+
+    vec = classes[vec_env_cls]([factory(i) for i in range(n_envs)])
+    vec.seed(seed)
+    return vec
+
+
+def control_freq(env: gym.Env) -> int:
+    """Control rate in Hz of a ManiSkill env (20 for the Panda tasks)."""
+    return int(env.unwrapped.control_freq)

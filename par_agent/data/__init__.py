@@ -1,0 +1,13 @@
+"""Demonstrations for PAR: collection (``par-collect``), the compact format and the training dataset."""
+from par_agent.data.compact import export_compact, import_compact
+from par_agent.data.dataset import PhysicalStepDataset, compute_stats, load_stats, save_stats, split_episodes
+
+__all__ = [
+    "PhysicalStepDataset",
+    "compute_stats",
+    "export_compact",
+    "import_compact",
+    "load_stats",
+    "save_stats",
+    "split_episodes",
+]

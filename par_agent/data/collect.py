@@ -1,0 +1,278 @@
+"""``par-collect``: successful motion-planning demonstrations with camera observations.
+
+Runs ManiSkill's own motion-planning solutions (``mani_skill.examples.motionplanning.panda``)
+under ManiSkill's ``RecordEpisode`` wrapper with ``obs_mode="rgb"``, ``control_mode="pd_joint_pos"``,
+and keeps only successful episodes. Output is ManiSkill's trajectory format::
+
+    OUT/TASK/motionplanning/trajectory.rgb.pd_joint_pos.h5    # traj_0, traj_1, ... (obs/, actions, env_states, ...)
+    OUT/TASK/motionplanning/trajectory.rgb.pd_joint_pos.json  # env_info + one entry per episode (episode_seed, ...)
+
+Workers are processes; worker ``w`` of ``W`` tries seeds ``base + w, base + w + W, ...`` (disjoint
+streams), writes finished chunks of at most ``--chunk-size`` demos into ``chunks/``, and the run ends
+by merging them (ManiSkill's ``merge_trajectories``) into the single file above. A second run with the
+same ``--out`` continues from the highest recorded seed and adds demos up to ``--num-demos``.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+CONTROL_MODE = "pd_joint_pos"
+OBS_MODE = "rgb"
+
+
+def _solutions() -> dict:
+    from mani_skill.examples.motionplanning.panda import solutions
+
+    names = {
+        "PushCube-v1": "solvePushCube", "PickCube-v1": "solvePickCube", "StackCube-v1": "solveStackCube",
+        "PegInsertionSide-v1": "solvePegInsertionSide", "PlugCharger-v1": "solvePlugCharger",
+        "PullCube-v1": "solvePullCube", "LiftPegUpright-v1": "solveLiftPegUpright",
+        "PullCubeTool-v1": "solvePullCubeTool", "PlaceSphere-v1": "solvePlaceSphere",
+        "StackPyramid-v1": "solveStackPyramid",
+    }
+    return {task: getattr(solutions, fn) for task, fn in names.items() if hasattr(solutions, fn)}
+
+
+def trajectory_path(out: str | os.PathLike, task: str) -> Path:
+    """Where ``par-collect`` writes the merged ``.h5`` of ``task`` under ``out``."""
+    return Path(out) / task / "motionplanning" / f"trajectory.{OBS_MODE}.{CONTROL_MODE}.h5"
+
+
+def _chunk_dir(out, task) -> Path:
+    return trajectory_path(out, task).parent / "chunks"
+
+
+def _recorded_seeds(h5_paths) -> list[int]:
+    from mani_skill.utils.io_utils import load_json
+
+    seeds = []
+    for p in h5_paths:
+        j = Path(p).with_suffix(".json")
+        if j.exists():
+            seeds += [int(ep["episode_seed"]) for ep in load_json(str(j))["episodes"]]
+    return seeds
+
+
+def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_size, max_episode_steps,
+            chunk_dir, events):
+    """Collect ``quota`` successful demos; report each attempt on ``events`` as ("ok"|"fail", seed)."""
+    try:
+        if num_workers > 1:
+            # several workers share the cores: one rendering / BLAS thread each avoids oversubscription
+            os.environ.setdefault("LP_NUM_THREADS", "1")
+            os.environ.setdefault("OMP_NUM_THREADS", "1")
+            import torch
+
+            torch.set_num_threads(1)
+        import mani_skill.envs  # noqa: F401
+        from mani_skill.utils.wrappers.record import RecordEpisode
+
+        from envs.make import _gym_make, _keep_renderer_warm
+
+        solve = _solutions()[task]
+        seed = base_seed + worker_id
+        done = 0
+        while done < quota:
+            n_chunk = min(chunk_size, quota - done)
+            name = f"chunk_s{seed:08d}_w{worker_id}"
+            env = _gym_make(
+                task, obs_mode=OBS_MODE, control_mode=CONTROL_MODE, render_mode="rgb_array",
+                sensor_configs=dict(width=camera_size, height=camera_size),
+                max_episode_steps=max_episode_steps, sim_backend="cpu",
+            )
+            _keep_renderer_warm(env)
+            env = RecordEpisode(
+                env, output_dir=str(chunk_dir), trajectory_name=name + ".partial", save_video=False,
+                source_type="motionplanning",
+                source_desc="ManiSkill motion planning solution, collected with par-collect",
+                record_reward=False, save_on_reset=False,
+            )
+            got = 0
+            while got < n_chunk:
+                try:
+                    res = solve(env, seed=seed, debug=False, vis=False)
+                except Exception as err:  # planner failures are part of the job
+                    print(f"[par-collect] seed {seed}: planning error: {err}", file=sys.stderr)
+                    res = -1
+                ok = res != -1 and bool(np.asarray(res[-1]["success"]).reshape(-1)[0])
+                if ok:
+                    env.flush_trajectory()
+                    got += 1
+                else:
+                    env.flush_trajectory(save=False)
+                events.put(("ok" if ok else "fail", seed))
+                seed += num_workers
+            env.close()
+            for ext in (".h5", ".json"):
+                os.replace(chunk_dir / f"{name}.partial{ext}", chunk_dir / f"{name}{ext}")
+            done += n_chunk
+        events.put(("done", worker_id))
+    except BaseException:
+        events.put(("error", traceback.format_exc()))
+        raise
+
+
+def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int = 1,
+            chunk_size: int = 50, max_episode_steps: Optional[int] = None, seed: int = 0,
+            progress: bool = True) -> Path:
+    """Collect until ``out`` holds ``num_demos`` successful demos of ``task``; returns the ``.h5`` path.
+
+    Args:
+        task: ManiSkill task with a motion-planning solution (PushCube-v1, PickCube-v1, StackCube-v1, ...).
+        num_demos: total number of successful demos wanted in the output file (existing ones count).
+        out: output root folder.
+        camera_size: camera width and height.
+        workers: parallel processes (each with its own seed stream).
+        chunk_size: demos per intermediate file (what an interrupted run can lose per worker).
+        max_episode_steps: recorded episode limit; ``None`` -> ``envs.default_max_episode_steps(task)``.
+        seed: first seed of a fresh collection.
+    """
+    from mani_skill.trajectory.merge_trajectory import merge_trajectories
+    from tqdm import tqdm
+
+    from envs.make import _check_task, default_max_episode_steps
+
+    _check_task(task)
+    solutions = _solutions()
+    if task not in solutions:
+        raise ValueError(f"no motion-planning solution for {task!r}; available: {', '.join(sorted(solutions))}")
+    if num_demos < 1 or workers < 1 or chunk_size < 1:
+        raise ValueError("num_demos, workers and chunk_size must be >= 1")
+    if max_episode_steps is None:
+        max_episode_steps = default_max_episode_steps(task)
+    final = trajectory_path(out, task)
+    chunk_dir = _chunk_dir(out, task)
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    for stale in chunk_dir.glob("*.partial.*"):  # left by an interrupted run: possibly corrupt
+        print(f"[par-collect] removing unfinished chunk {stale}", file=sys.stderr)
+        stale.unlink()
+
+    existing = ([final] if final.exists() else []) + sorted(chunk_dir.glob("chunk_*.h5"))
+    seeds = _recorded_seeds(existing)
+    have = len(seeds)
+    todo = num_demos - have
+    base = max(seeds) + 1 if seeds else seed
+    if todo > 0:
+        workers = min(workers, todo)
+        quotas = [todo // workers + (1 if w < todo % workers else 0) for w in range(workers)]
+        print(f"[par-collect] {task}: have {have}, collecting {todo} more with {workers} worker(s) "
+              f"from seed {base}", file=sys.stderr)
+        ctx = mp.get_context("spawn")
+        events = ctx.Queue()
+        args = (task, None, workers, base, None, chunk_size, camera_size, max_episode_steps, chunk_dir, events)
+        procs = []
+        if workers == 1:
+            procs = None
+        else:
+            for w in range(workers):
+                a = list(args)
+                a[1], a[4] = w, quotas[w]
+                p = ctx.Process(target=_worker, args=tuple(a), daemon=True)
+                p.start()
+                procs.append(p)
+        bar = tqdm(total=todo, desc=f"par-collect {task}", disable=not progress, unit="demo")
+        tries = successes = finished = 0
+        errors = []
+
+        def handle(kind, payload):
+            nonlocal tries, successes, finished
+            if kind in ("ok", "fail"):
+                tries += 1
+                successes += kind == "ok"
+                bar.update(kind == "ok")
+                bar.set_postfix(success_rate=f"{successes / tries:.2f}", seed=payload)
+            elif kind == "done":
+                finished += 1
+            elif kind == "error":
+                errors.append(payload)
+
+        try:
+            if procs is None:  # one worker: run in this process, drain events as we go
+                class _Q:
+                    def put(self, item):
+                        handle(*item)
+
+                a = list(args)
+                a[1], a[4], a[-1] = 0, quotas[0], _Q()
+                _worker(*a)
+            else:
+                while finished + len(errors) < len(procs):
+                    try:
+                        handle(*events.get(timeout=1.0))
+                    except queue_mod.Empty:
+                        dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+                        if dead and events.empty():
+                            errors.append(f"worker exited with code {dead[0].exitcode}")
+                            break
+                for p in procs:
+                    p.join(timeout=30)
+        finally:
+            bar.close()
+            if procs:
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+        if errors:
+            raise RuntimeError(f"par-collect worker failed (finished chunks are kept in {chunk_dir}):\n{errors[0]}")
+        print(f"[par-collect] {successes} successes in {tries} attempts "
+              f"({successes / max(tries, 1):.0%} success rate)", file=sys.stderr)
+
+    chunks = sorted(chunk_dir.glob("chunk_*.h5"))
+    if chunks:
+        tmp = final.with_name(final.stem + ".merging.h5")
+        merge_trajectories(str(tmp), ([str(final)] if final.exists() else []) + [str(c) for c in chunks])
+        os.replace(tmp.with_suffix(".json"), final.with_suffix(".json"))
+        os.replace(tmp, final)
+        for c in chunks:
+            c.unlink()
+            c.with_suffix(".json").unlink(missing_ok=True)
+    return final
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="par-collect",
+        description="Generate successful ManiSkill motion-planning demos with rgb observations (pd_joint_pos), "
+        "in ManiSkill's .h5/.json trajectory format. Re-running with the same --out resumes.",
+    )
+    p.add_argument("--task", default="PushCube-v1", help="ManiSkill task id (PushCube-v1, PickCube-v1, StackCube-v1, ...)")
+    p.add_argument("--num-demos", type=int, default=1000, help="total successful demos wanted in --out")
+    p.add_argument("--out", default="data", help="output root; the file goes to OUT/TASK/motionplanning/")
+    p.add_argument("--camera-size", type=int, default=128, help="camera width = height in pixels")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--chunk-size", type=int, default=50, help="demos per intermediate chunk file")
+    p.add_argument("--max-episode-steps", type=int, default=None, help="recorded episode limit (default per task)")
+    p.add_argument("--seed", type=int, default=0, help="first seed of a fresh collection")
+    p.add_argument("--export-compact", metavar="DIR", default=None,
+                   help="also write the compact form (H.264 MP4 frames + .npz) to DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.time()
+    path = collect(args.task, args.num_demos, args.out, camera_size=args.camera_size, workers=args.workers,
+                   chunk_size=args.chunk_size, max_episode_steps=args.max_episode_steps, seed=args.seed,
+                   progress=not args.no_progress)
+    print(f"[par-collect] {path} ({time.time() - t0:.1f} s)")
+    if args.export_compact:
+        from par_agent.data.compact import export_compact
+
+        out = export_compact(path, args.export_compact)
+        print(f"[par-collect] compact copy in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

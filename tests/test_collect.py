@@ -1,0 +1,122 @@
+"""par-collect end to end (real motion planning, real rendering) and the compact format."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.maniskill
+
+
+def test_collected_h5_opens_with_maniskill_tools(pushcube_demos):
+    from mani_skill.trajectory.dataset import load_h5_data
+    from mani_skill.trajectory.utils import index_dict
+    from mani_skill.utils.io_utils import load_json
+
+    meta = load_json(str(pushcube_demos.with_suffix(".json")))
+    assert meta["env_info"]["env_id"] == "PushCube-v1"
+    assert meta["env_info"]["env_kwargs"]["obs_mode"] == "rgb"
+    assert meta["env_info"]["env_kwargs"]["control_mode"] == "pd_joint_pos"
+    assert meta["env_info"]["max_episode_steps"] == 100
+    eps = meta["episodes"]
+    assert len(eps) == 2 and all(ep["success"] for ep in eps)
+    seeds = [ep["episode_seed"] for ep in eps]
+    assert len(set(seeds)) == 2
+    with h5py.File(pushcube_demos, "r") as f:
+        assert sorted(f.keys()) == ["traj_0", "traj_1"]
+        for ep in eps:
+            g = f[f"traj_{ep['episode_id']}"]
+            traj = load_h5_data(g)
+            L = ep["elapsed_steps"]
+            assert traj["actions"].shape == (L, 8) and traj["actions"].dtype == np.float32
+            rgb = traj["obs"]["sensor_data"]["base_camera"]["rgb"]
+            assert rgb.shape == (L + 1, 128, 128, 3) and rgb.dtype == np.uint8 and rgb.std() > 10
+            assert traj["obs"]["agent"]["qpos"].shape == (L + 1, 9)
+            assert "env_states" in traj and bool(traj["success"][-1])
+            assert index_dict(traj["obs"], 0)["agent"]["qpos"].shape == (9,)
+
+
+def test_collect_resumes(demo_copy):
+    """A second run over the same --out tops the file up to --num-demos with new seeds."""
+    from mani_skill.utils.io_utils import load_json
+
+    from par_agent.data.collect import main, trajectory_path
+
+    # lay the copy out as par-collect would: OUT/TASK/motionplanning/<file>
+    target = trajectory_path(demo_copy.parent / "out", "PushCube-v1")
+    target.parent.mkdir(parents=True)
+    demo_copy.rename(target)
+    demo_copy.with_suffix(".json").rename(target.with_suffix(".json"))
+    before = [ep["episode_seed"] for ep in load_json(str(target.with_suffix(".json")))["episodes"]]
+    assert main(["--task", "PushCube-v1", "--num-demos", "3", "--out", str(demo_copy.parent / "out"),
+                 "--workers", "1", "--no-progress"]) == 0
+    eps = load_json(str(target.with_suffix(".json")))["episodes"]
+    seeds = [ep["episode_seed"] for ep in eps]
+    assert len(eps) == 3 and seeds[:2] == before and seeds[2] > max(before)
+    with h5py.File(target, "r") as f:
+        assert sorted(f.keys()) == ["traj_0", "traj_1", "traj_2"]
+        # the old episodes were carried over intact
+        assert f["traj_0/actions"].shape[0] == eps[0]["elapsed_steps"]
+    assert not list(target.parent.glob("chunks/*.h5"))  # chunks merged away
+    # asking for fewer than present is a no-op
+    assert main(["--task", "PushCube-v1", "--num-demos", "2", "--out", str(demo_copy.parent / "out"),
+                 "--no-progress"]) == 0
+    assert len(load_json(str(target.with_suffix(".json")))["episodes"]) == 3
+
+
+def test_compact_round_trip(pushcube_demos, tmp_path):
+    from par_agent.data.compact import export_compact, import_compact
+
+    out = export_compact(pushcube_demos, tmp_path / "compact")
+    size = sum(p.stat().st_size for p in out.iterdir())
+    assert size < 2 * 150_000, f"compact form too large: {size} bytes for 2 demos"
+    back = import_compact(out, tmp_path / "back" / "trajectory.h5")
+    episodes = import_compact(out)
+    with h5py.File(pushcube_demos, "r") as a, h5py.File(back, "r") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        for i, k in enumerate(sorted(a.keys(), key=lambda s: int(s[5:]))):
+            np.testing.assert_array_equal(a[k]["actions"][()], b[k]["actions"][()])
+            np.testing.assert_array_equal(a[k]["obs/agent/qpos"][()], b[k]["obs/agent/qpos"][()])
+            np.testing.assert_array_equal(a[k]["env_states/actors/cube"][()], b[k]["env_states/actors/cube"][()])
+            fa = a[k]["obs/sensor_data/base_camera/rgb"][()].astype(np.float32)
+            fb = b[k]["obs/sensor_data/base_camera/rgb"][()].astype(np.float32)
+            assert fa.shape == fb.shape
+            assert np.abs(fa - fb).mean() < 3.0, "mean abs frame error must stay below 3/255"
+            np.testing.assert_array_equal(episodes[i]["actions"], a[k]["actions"][()])
+    from mani_skill.utils.io_utils import load_json
+
+    assert [e["episode_seed"] for e in load_json(str(back.with_suffix(".json")))["episodes"]] == \
+        [e["episode_seed"] for e in load_json(str(pushcube_demos.with_suffix(".json")))["episodes"]]
+
+
+def test_collect_rejects_task_without_solution(tmp_path):
+    from par_agent.data.collect import collect
+
+    with pytest.raises(ValueError, match="no motion-planning solution"):
+        collect("OpenCabinetDrawer-v1", 1, tmp_path)
+    with pytest.raises(ValueError, match="unknown task"):
+        collect("NoSuchTask-v0", 1, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["PickCube-v1", "StackCube-v1"])
+def test_collect_other_tasks(task, tmp_path):
+    from par_agent.data.collect import main, trajectory_path
+    from par_agent.data.dataset import PhysicalStepDataset
+
+    assert main(["--task", task, "--num-demos", "2", "--out", str(tmp_path), "--workers", "2", "--no-progress"]) == 0
+    path = trajectory_path(tmp_path, task)
+    ds = PhysicalStepDataset(path, history=4, chunk_size=4)
+    assert ds[0]["state"].shape[-1] == {"PickCube-v1": 29, "StackCube-v1": 25}[task]
+
+
+@pytest.mark.slow
+def test_collect_two_workers(tmp_path):
+    from mani_skill.utils.io_utils import load_json
+
+    from par_agent.data.collect import main, trajectory_path
+
+    assert main(["--task", "PushCube-v1", "--num-demos", "4", "--out", str(tmp_path), "--workers", "2",
+                 "--chunk-size", "1", "--no-progress"]) == 0
+    eps = load_json(str(trajectory_path(tmp_path, "PushCube-v1").with_suffix(".json")))["episodes"]
+    assert len(eps) == 4 and len({e["episode_seed"] for e in eps}) == 4

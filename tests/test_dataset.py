@@ -1,0 +1,216 @@
+"""PhysicalStepDataset: the window contract with the model, statistics, splits, sources, errors."""
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from envs import flatten_state
+from par_agent.data.dataset import PhysicalStepDataset, split_episodes
+
+
+def write_fake_h5(path, lengths, d_a=3, hw=8, seed=0, rgb=True):
+    """A ManiSkill-layout .h5 with episodes of the given action counts; frame t is filled with value t."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        for i, L in enumerate(lengths):
+            g = f.create_group(f"traj_{i}")
+            g["actions"] = rng.normal(size=(L, d_a)).astype(np.float32)
+            g["obs/agent/qpos"] = rng.normal(size=(L + 1, 2)).astype(np.float32)
+            g["obs/agent/qvel"] = rng.normal(size=(L + 1, 2)).astype(np.float32)
+            g["obs/extra/tcp_pose"] = rng.normal(size=(L + 1, 7)).astype(np.float32)
+            g["obs/extra/is_grasped"] = rng.integers(0, 2, size=(L + 1,)).astype(bool)
+            if rgb:
+                frames = np.broadcast_to(np.arange(L + 1, dtype=np.uint8)[:, None, None, None], (L + 1, hw, hw, 3))
+                g["obs/sensor_data/base_camera/rgb"] = np.ascontiguousarray(frames)
+    return path
+
+
+# ----------------------------------------------------------------------------- synthetic: the contract
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 23), min_size=1, max_size=3), K=st.integers(1, 5), T=st.integers(2, 5))
+def test_window_contract_property(tmp_path_factory, lengths, K, T):
+    path = write_fake_h5(tmp_path_factory.mktemp("fake") / "d.h5", lengths)
+    ds = PhysicalStepDataset(path, history=T, chunk_size=K, split="all")
+    with h5py.File(path) as f:
+        acts = [f[f"traj_{i}/actions"][()] for i in range(len(lengths))]
+    Ns = [math.ceil(L / K) for L in lengths]
+    assert len(ds) == sum(N + 1 for N in Ns)
+    idx = 0
+    for e, (L, N) in enumerate(zip(lengths, Ns)):
+        for s in range(N + 1):
+            item = ds[idx]
+            idx += 1
+            assert item["frames"].shape == (T, 8, 8, 3) and item["frames"].dtype == torch.uint8
+            assert item["actions"].shape == (T - 1, K, 3) and item["actions"].dtype == torch.float32
+            assert item["state"].shape == (T, 12) and item["state"].dtype == torch.float32
+            fm, am = item["frame_mask"].numpy(), item["action_mask"].numpy()
+            for i in range(T):
+                n = s + i
+                assert fm[i] == (n <= N)
+                # frame value encodes the control step: o_n = obs[min(nK, L)], padding repeats o_N
+                assert int(item["frames"][i, 0, 0, 0]) == min(min(n, N) * K, L)
+            for i in range(T - 1):
+                n = s + i
+                for k in range(K):
+                    t = n * K + k
+                    assert am[i, k] == (n < N and t < L)
+                    expected = acts[e][t] if (n < N and t < L) else acts[e][-1]
+                    np.testing.assert_array_equal(item["actions"][i, k].numpy(), expected)
+            assert item["task_id"].dtype == torch.int64 and item["task_id"].ndim == 0
+
+
+def test_split_is_by_episode_disjoint_and_deterministic(tmp_path):
+    path = write_fake_h5(tmp_path / "d.h5", [5] * 10)
+    tr = PhysicalStepDataset(path, history=2, chunk_size=2, split="train", val_fraction=0.3)
+    va = PhysicalStepDataset(path, history=2, chunk_size=2, split="val", val_fraction=0.3, stats=tr.stats)
+    al = PhysicalStepDataset(path, history=2, chunk_size=2, split="all", val_fraction=0.3)
+    assert len(va.episode_keys) == 3 and len(tr.episode_keys) == 7
+    assert not set(tr.episode_keys) & set(va.episode_keys)
+    assert set(tr.episode_keys) | set(va.episode_keys) == set(al.episode_keys)
+    assert split_episodes(al.episode_keys[::-1], 0.3)[1] != [] and \
+        PhysicalStepDataset(path, history=2, chunk_size=2, split="val", val_fraction=0.3).episode_keys == va.episode_keys
+    assert va.stats is tr.stats
+    # stats are from the train split: recompute by hand
+    with h5py.File(path) as f:
+        train_ids = [int(k.split("traj_")[1]) for k in tr.episode_keys]
+        a = np.concatenate([f[f"traj_{i}/actions"][()] for i in train_ids])
+        s = np.concatenate([flatten_state({"agent": {k: f[f"traj_{i}/obs/agent/{k}"][()] for k in ("qpos", "qvel")},
+                                           "extra": {k: f[f"traj_{i}/obs/extra/{k}"][()] for k in ("tcp_pose", "is_grasped")}})
+                            for i in train_ids])
+    np.testing.assert_allclose(tr.stats["action_min"], a.min(0))
+    np.testing.assert_allclose(tr.stats["action_max"], a.max(0))
+    np.testing.assert_allclose(tr.stats["state_mean"], s.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tr.stats["state_std"], np.maximum(s.std(0), 1e-6), rtol=1e-4, atol=1e-6)
+    assert all(tr.stats[k].dtype == np.float32 for k in ("action_min", "action_max", "state_mean", "state_std"))
+    assert tr.stats["num_episodes"] == 7 and tr.stats["num_windows"] == len(tr)
+    assert al.stats["num_episodes"] == 7  # statistics always come from the train split
+
+
+def test_frames_only_from_video_folder(tmp_video_folder):
+    from par_agent.data.compact import read_video
+
+    ds = PhysicalStepDataset(tmp_video_folder, history=3, chunk_size=4, frames_only=True, task_id=2)
+    # clips of 9, 13, 17 frames -> N = 2, 3, 4 -> 3 + 4 + 5 windows
+    assert len(ds) == 12
+    item = ds[0]
+    assert {"frames", "frame_mask", "task_id"} <= set(item)
+    assert not {"state", "actions", "action_mask"} & set(item)
+    assert item["frames"].shape == (3, 64, 64, 3) and item["task_id"].item() == 2
+    clip = read_video(tmp_video_folder / "clip_0.mp4")
+    np.testing.assert_array_equal(item["frames"].numpy(), clip[[0, 4, 8]])
+    assert ds[2]["frame_mask"].tolist() == [True, False, False]
+    small = PhysicalStepDataset(tmp_video_folder, history=2, chunk_size=4, frames_only=True, image_size=32)
+    assert small[0]["frames"].shape == (2, 32, 32, 3)
+    with pytest.raises(ValueError, match="frames_only=True"):
+        PhysicalStepDataset(tmp_video_folder, history=2, chunk_size=4)
+
+
+# ----------------------------------------------------------------------------- real demos
+
+
+@pytest.mark.maniskill
+def test_real_demo_windows(pushcube_demos):
+    ds = PhysicalStepDataset(pushcube_demos, history=4, chunk_size=4, split="all")
+    with h5py.File(pushcube_demos) as f:
+        g = f["traj_0"]
+        L = g["actions"].shape[0]
+        obs = {k: {kk: g[f"obs/{k}/{kk}"][()] for kk in g[f"obs/{k}"]} for k in ("agent", "extra")}
+        state = flatten_state(obs)
+        item = ds[0]
+        np.testing.assert_array_equal(item["frames"].numpy(), g["obs/sensor_data/base_camera/rgb"][[0, 4, 8, 12]])
+        np.testing.assert_array_equal(item["state"].numpy(), state[[0, 4, 8, 12]])
+        np.testing.assert_array_equal(item["actions"].numpy(), g["actions"][:12].reshape(3, 4, 8))
+        assert item["frame_mask"].all() and item["action_mask"].all()
+        N = math.ceil(L / 4)
+        last = ds[N]  # window starting at the final observation of episode 0
+        assert last["frame_mask"].tolist() == [True, False, False, False] and not last["action_mask"].any()
+        np.testing.assert_array_equal(last["frames"][0].numpy(), g["obs/sensor_data/base_camera/rgb"][L])
+    assert item["state"].shape == (4, 25) and ds.stats["state_mean"].shape == (25,)
+    assert ds.stats["action_min"].shape == (8,) and (ds.stats["state_std"] >= 1e-6).all()
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True)
+    batch = next(iter(loader))
+    assert batch["frames"].shape == (8, 4, 128, 128, 3) and batch["actions"].shape == (8, 3, 4, 8)
+    fo = PhysicalStepDataset(pushcube_demos, history=4, chunk_size=4, frames_only=True)
+    assert "actions" not in fo[0] and "action_mask" not in fo[0] and len(fo) == len(ds)
+
+
+@pytest.mark.maniskill
+def test_env_and_dataset_states_match(pushcube_demos):
+    """The env wrapper and the dataset build o_0 the same way for the same episode seed."""
+    from mani_skill.utils.io_utils import load_json
+
+    from envs import make_env
+
+    seed = load_json(str(pushcube_demos.with_suffix(".json")))["episodes"][0]["episode_seed"]
+    ds = PhysicalStepDataset(pushcube_demos, history=2, chunk_size=4)
+    env = make_env("PushCube-v1", camera_size=128)
+    try:
+        obs, _ = env.reset(seed=seed)
+    finally:
+        env.close()
+    np.testing.assert_allclose(obs["state"], ds[0]["state"][0].numpy(), atol=1e-6)
+    assert np.abs(obs["rgb"].astype(int) - ds[0]["frames"][0].numpy().astype(int)).mean() < 1.0
+
+
+@pytest.mark.maniskill
+def test_compact_folder_source_matches_h5(pushcube_demos, tmp_path):
+    from par_agent.data.compact import export_compact
+
+    compact = export_compact(pushcube_demos, tmp_path / "c")
+    a = PhysicalStepDataset(pushcube_demos, history=3, chunk_size=4)
+    b = PhysicalStepDataset(compact, history=3, chunk_size=4)
+    assert len(a) == len(b)
+    for i in (0, len(a) - 1):
+        np.testing.assert_array_equal(a[i]["actions"].numpy(), b[i]["actions"].numpy())
+        np.testing.assert_array_equal(a[i]["state"].numpy(), b[i]["state"].numpy())
+        assert (a[i]["frames"].float() - b[i]["frames"].float()).abs().mean() < 3.0
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_file_names_it(tmp_path):
+    missing = tmp_path / "nope.h5"
+    with pytest.raises(FileNotFoundError, match="nope.h5"):
+        PhysicalStepDataset(missing, history=2, chunk_size=2)
+
+
+def test_truncated_and_corrupt_h5_name_the_file(tmp_path):
+    good = write_fake_h5(tmp_path / "good.h5", [30, 30], hw=32)
+    data = good.read_bytes()
+    (tmp_path / "truncated.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.h5.*(truncated|corrupt)"):
+        PhysicalStepDataset(tmp_path / "truncated.h5", history=2, chunk_size=2)
+    (tmp_path / "corrupt.h5").write_bytes(b"this is not an hdf5 file" * 100)
+    with pytest.raises(ValueError, match="corrupt.h5"):
+        PhysicalStepDataset(tmp_path / "corrupt.h5", history=2, chunk_size=2)
+
+
+def test_h5_without_rgb_says_how_to_collect(tmp_path):
+    path = write_fake_h5(tmp_path / "state_only.h5", [5], rgb=False)
+    with pytest.raises(ValueError, match="state_only.h5.*rgb.*par-collect"):
+        PhysicalStepDataset(path, history=2, chunk_size=2)
+
+
+def test_empty_video_folder_names_it(tmp_path):
+    folder = tmp_path / "empty_videos"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no videos here")
+    with pytest.raises(ValueError, match="empty_videos.*no videos"):
+        PhysicalStepDataset(folder, history=2, chunk_size=2, frames_only=True)
+
+
+def test_bad_arguments(tmp_path):
+    path = write_fake_h5(tmp_path / "d.h5", [5, 5])
+    with pytest.raises(ValueError, match="split"):
+        PhysicalStepDataset(path, history=2, chunk_size=2, split="test")
+    with pytest.raises(ValueError, match="history"):
+        PhysicalStepDataset(path, history=1, chunk_size=2)
