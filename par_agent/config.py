@@ -191,7 +191,8 @@ class PARConfig:
 
     @classmethod
     def named(cls, name: str, **overrides: Any) -> "PARConfig":
-        """Preset sizes: ``tiny`` (tests, 32x32 images), ``small`` (the default shipped size)."""
+        """Preset sizes: ``tiny`` (tests, 32x32 images), ``small`` (the default), ``cpu64`` (64x64
+        frames, small enough to train on a CPU)."""
         if name not in PRESETS:
             raise ValueError(f"unknown PARConfig preset {name!r}; choose from {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
@@ -204,4 +205,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         chunk_size=2, history=4, num_inference_steps=3, num_train_timesteps=100,
     ),
     "small": dict(),
+    # what two CPU cores can train in about an hour: 64x64 frames (16 frame tokens), a 4-layer backbone
+    "cpu64": dict(
+        image_size=64, width=192, depth=4, num_heads=4, frame_head_width=128, frame_head_depth=2,
+        action_head_width=128, action_head_depth=2, history=6,
+    ),
 }
