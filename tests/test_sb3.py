@@ -1,0 +1,41 @@
+"""PARPolicy inside Stable-Baselines3's own evaluate_policy, on real ManiSkill envs."""
+import numpy as np
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from envs import make_vec_env
+from helpers import tiny_model
+from par_agent import PARPolicy
+
+
+class RecordingPolicy(PARPolicy):
+    """Logs, per predict() call, episode_start and the context object of every env."""
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=False):
+        before = list(getattr(self, "contexts", []))
+        out = super().predict(observation, state, episode_start, deterministic)
+        self.log.append((np.array(episode_start, dtype=bool), before, list(self.contexts),
+                         [c.steps if c is not None else None for c in self.contexts]))
+        return out
+
+
+def test_evaluate_policy_two_envs_resets_rows_exactly_at_episode_starts():
+    m = tiny_model()
+    m.action_norm.set_stats(np.full(8, -0.05, np.float32), np.full(8, 0.05, np.float32))
+    policy = RecordingPolicy(m)
+    policy.log = []
+    # 5-step episodes with chunks of 2: resets fall inside chunks, so a queue must be dropped too
+    vec = make_vec_env("PushCube-v1", 2, seed=123, camera_size=32, max_episode_steps=5)
+    rewards, lengths = evaluate_policy(policy, vec, n_eval_episodes=4, deterministic=True, return_episode_rewards=True)
+    vec.close()
+    assert len(lengths) == 4 and all(1 <= n <= 5 for n in lengths)
+    assert policy.log[0][0].all()
+    starts = 0
+    for episode_start, before, after, steps in policy.log:
+        for i in range(2):
+            if episode_start[i]:
+                starts += 1
+                assert after[i] is not None and (not before or after[i] is not before[i]), "row not reset at an episode start"
+                assert steps[i] == 0  # a fresh context: nothing committed yet
+            else:
+                assert after[i] is before[i], "row reset in the middle of an episode"
+    assert starts >= 4
