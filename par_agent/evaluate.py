@@ -146,7 +146,8 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
+    """``par-eval`` with arguments; returns the report."""
     p = argparse.ArgumentParser(prog="par-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--policy", required=True, help="built-in name (par-pushcube), checkpoint folder or hub id")
@@ -193,5 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -464,7 +464,7 @@ def train(args: TrainArgs) -> dict:
             log(validate(model, val_sets, args.stage, device, stage_dir / "videos", step))
     bar.close()
 
-    summary = {"stage": args.stage, "step": step, "loss": last_loss}
+    summary = {"stage": args.stage, "step": step, "loss": None if math.isnan(last_loss) else last_loss}
     if rank == 0:
         final_model = PhysicalAutoregressiveModel(cfg)
         final_model.load_state_dict(model.state_dict())

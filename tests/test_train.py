@@ -75,7 +75,7 @@ def test_rollout_of_trained_policy_writes_two_panel_video(trained_run, tmp_path)
 
 
 def test_par_eval_report(trained_run, tmp_path):
-    from par_agent.evaluate import main as eval_main
+    from par_agent.evaluate import run as eval_main
 
     out = tmp_path / "report.json"
     eval_main(["--policy", str(trained_run / "finetune" / "final"), "--task", "PushCube-v1", "--episodes", "3",

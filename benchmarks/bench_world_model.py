@@ -1,0 +1,102 @@
+"""World-model quality on held-out demonstrations: PSNR and SSIM of predicted vs real frames,
+one physical step ahead (teacher forcing) and over open-loop rollouts of H blocks given the
+true actions.
+
+    python benchmarks/bench_world_model.py --checkpoint par-pushcube --data data64/PushCube-v1 --json
+
+Open loop: from the real o_s, the model imagines F^_{s+1}, which is decoded, fed back as the
+observation together with the true action chunk and the true proprio state (the robot's own
+state is not predicted by PAR), and so on for H blocks; F^_{s+H} is compared to o_{s+H}.
+The validation split of the dataset (episodes the model never trained on) is used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from par_agent.data.dataset import PhysicalStepDataset
+from par_agent.models import PhysicalAutoregressiveModel
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 each -> (N,) dB."""
+    mse = ((a.float() - b.float()) ** 2).mean((1, 2, 3)).clamp_min(1e-10)
+    return 10 * torch.log10(255.0**2 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004, Gaussian window sigma 1.5) of (N, H, W, 3) uint8 -> (N,)."""
+    x, y = (t.permute(0, 3, 1, 2).float() / 255 for t in (a, b))
+    g = torch.exp(-((torch.arange(window) - window // 2) ** 2) / (2 * 1.5**2))
+    k = (g[:, None] * g[None, :] / g.sum() ** 2).expand(3, 1, window, window)
+    f = lambda t: F.conv2d(t, k, groups=3)  # noqa: E731
+    mx, my = f(x), f(y)
+    sxx, syy, sxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.mean((1, 2, 3))
+
+
+@torch.no_grad()
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default="par-pushcube")
+    p.add_argument("--data", required=True, help=".h5 / data folder with demonstrations of the model's task")
+    p.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--starts", type=int, default=16, help="open-loop start points (spread over val episodes)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    model = PhysicalAutoregressiveModel.from_pretrained(args.checkpoint)
+    cfg, tok = model.cfg, model.frame_tokenizer
+    hmax = max(args.horizons)
+    ds = PhysicalStepDataset(args.data, history=cfg.history, chunk_size=cfg.chunk_size, split="val",
+                             image_size=cfg.image_size)
+    g = torch.Generator().manual_seed(0)
+    out: dict = {"checkpoint": args.checkpoint, "val_episodes": ds.num_episodes}
+
+    # one step ahead, teacher forced, every window of the val split that starts at a block 0 of an episode
+    items = [ds[i] for i in range(len(ds)) if int(ds._windows[i][1]) == 0]
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    pred = tok.decode(model.sample_window(batch, generator=g)["frame_tokens"])
+    valid = batch["frame_mask"][:, 1:] & batch["frame_mask"][:, :-1]
+    real, fake = batch["frames"][:, 1:][valid], pred[valid]
+    recon = tok.decode(tok.encode(real))
+    out["tokenizer_psnr"] = psnr(recon, real).mean().item()
+    out["one_step"] = {"psnr": psnr(fake, real).mean().item(), "ssim": ssim(fake, real).mean().item(), "n": len(real)}
+
+    # open loop over H blocks with the true actions
+    starts = [i for i in range(len(ds)) if int(ds._windows[i][1]) + hmax <= ds._n_blocks[int(ds._windows[i][0])]]
+    starts = starts[:: max(1, len(starts) // args.starts)][: args.starts]
+    per_h: dict[int, list[tuple[float, float]]] = {h: [] for h in args.horizons}
+    long = PhysicalStepDataset(args.data, history=hmax + 1, chunk_size=cfg.chunk_size, split="val",
+                               image_size=cfg.image_size, stats=ds.stats)
+    for i in starts:
+        w = long[i]
+        st = model.start(w["task_id"][None], w["frames"][:1], w["state"][:1])
+        for h in range(1, hmax + 1):
+            f = tok.decode(model.predict_frame(st, generator=g))
+            if h in per_h:
+                real = w["frames"][h:h + 1]
+                per_h[h].append((psnr(f, real).item(), ssim(f, real).item()))
+            model.commit(st, w["actions"][h - 1:h], f, w["state"][h:h + 1])
+    out["open_loop"] = {str(h): {"psnr": sum(v[0] for v in vals) / len(vals), "ssim": sum(v[1] for v in vals) / len(vals),
+                                 "n": len(vals)} for h, vals in per_h.items() if vals}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"val episodes {out['val_episodes']}; tokenizer reconstruction PSNR {out['tokenizer_psnr']:.2f} dB")
+        print(f"one step ahead (teacher forced): PSNR {out['one_step']['psnr']:.2f} dB, SSIM {out['one_step']['ssim']:.3f}"
+              f" over {out['one_step']['n']} frames")
+        for h, v in out["open_loop"].items():
+            print(f"open loop, {h} blocks ({int(h) * cfg.chunk_size} control steps): PSNR {v['psnr']:.2f} dB, "
+                  f"SSIM {v['ssim']:.3f} over {v['n']} rollouts")
+    return out
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
