@@ -108,3 +108,18 @@ def test_predicted_frames_decoded():
     p.predict(obs(2))
     frames = p.predicted_frames()
     assert len(frames) == 2 and frames[0].shape == (32, 32, 3) and frames[0].dtype == np.uint8
+
+
+def test_builtin_par_pushcube_loads_offline(monkeypatch):
+    """The shipped checkpoint resolves by name from inside the package, with no network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from par_agent.hub import PRETRAINED_DIR, builtin_names
+
+    assert "par-pushcube" in builtin_names()
+    size = sum(f.stat().st_size for f in (PRETRAINED_DIR / "par-pushcube").iterdir())
+    assert size <= 25 * 2**20
+    p = PARPolicy.from_pretrained("par-pushcube")
+    assert p.task == "PushCube-v1" and p.cfg.state_dim == 25 and p.cfg.action_dim == 8
+    s = p.cfg.image_size
+    a, _ = p.predict({"rgb": np.zeros((s, s, 3), np.uint8), "state": np.zeros(25, np.float32)}, deterministic=True)
+    assert a.shape == (8,) and np.isfinite(a).all()
