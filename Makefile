@@ -24,7 +24,7 @@ $(VENV)/.stamp-install: setup.py
 venv: $(VENV)/.stamp-install
 
 demo: setup
-	$(PY) examples/rollout_pushcube.py --out outputs/demo
+	$(PY) examples/rollout_pushcube.py --episodes 3 --out outputs/demo
 
 test: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
