@@ -78,7 +78,6 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
 
     def start(i: int) -> None:
         """Reset env i with the next seed (replaces the vec env's own auto-reset)."""
-        nonlocal obs
         if not queue:
             slot[i] = None
             return

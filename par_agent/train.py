@@ -219,7 +219,7 @@ def task_of(path: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- model
-def build_model(args: TrainArgs, stage_dir: Path, rank: int) -> tuple[PhysicalAutoregressiveModel, str]:
+def build_model(args: TrainArgs) -> tuple[PhysicalAutoregressiveModel, str]:
     """A new model for the stage: from ``--init`` / the previous stage's ``final``, or fresh."""
     init = args.init
     if init is None and args.stage in PREVIOUS:
@@ -342,7 +342,7 @@ def train(args: TrainArgs) -> dict:
         model = PhysicalAutoregressiveModel.from_pretrained(resume)
         note = f"resuming from {resume}"
     else:
-        model, note = build_model(args, stage_dir, rank)
+        model, note = build_model(args)
     cfg = model.cfg
     stats = None
     if args.stage == "finetune" and resume is not None:

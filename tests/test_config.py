@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from par_agent.config import PARConfig

@@ -1,7 +1,6 @@
 """PARPolicy: SB3 contract, per-env history, validation, loading."""
 import numpy as np
 import pytest
-import torch
 
 from helpers import tiny_model
 from par_agent import PARPolicy

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from par_agent.train import latest_checkpoint, main as train_main, save_training_checkpoint
+from par_agent.train import latest_checkpoint, main as train_main
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--no-progress", "--log-every", "1", "--val-every", "1000"]
 

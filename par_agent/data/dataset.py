@@ -40,7 +40,6 @@ from envs.state import flatten_state
 from envs.wrappers import stitch_cameras
 from par_agent.data.compact import (
     is_compact_dir,
-    load_episodes_json,
     open_h5,
     read_compact_episode,
     read_compact_meta,

@@ -30,7 +30,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class MultiHeadAttention(nn.Module):
     """Plain attention; keys/values may come from another sequence (cross-attention)."""
 
-    def __init__(self, width: int, heads: int, cross: bool = False) -> None:
+    def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.q = nn.Linear(width, width)
@@ -55,7 +55,7 @@ class DiTBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = MultiHeadAttention(width, heads)
-        self.cross = MultiHeadAttention(width, heads, cross=True) if cross else None
+        self.cross = MultiHeadAttention(width, heads) if cross else None
         self.norm_c = nn.LayerNorm(width, eps=1e-6) if cross else None
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
