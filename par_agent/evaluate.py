@@ -101,8 +101,10 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
         policy_time += time.perf_counter() - t0
         active = [i for i in range(num_envs) if slot[i] is not None]
         control_steps += len(active)
-        predicted = policy.predicted_frames() if hasattr(policy, "predicted_frames") else [None] * num_envs
         frames_before = {i: obs["rgb"][i].copy() for i in active if slot[i][0] in recorders}
+        predicted = [None] * num_envs  # decode imagined frames only when a video needs them
+        if frames_before and hasattr(policy, "predicted_frames"):
+            predicted = policy.predicted_frames()
         obs, _, dones, infos = vec.step(actions)
         episode_start = np.zeros(num_envs, dtype=bool)
         for i in active:
