@@ -1,7 +1,7 @@
 """``make_env``: a ManiSkill task with the PAR observation wrapper applied, plus SB3 vec-env helpers."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
@@ -173,7 +173,8 @@ def make_env(
     return vec
 
 
-def make_vec_env(task: str, n_envs: int, seed: int = 0, vec_env_cls: str = "dummy", **make_env_kwargs):
+def make_vec_env(task: str, n_envs: int, seed: int = 0, vec_env_cls: str = "dummy",
+                 wrapper: Optional[Callable[[gym.Env], gym.Env]] = None, **make_env_kwargs):
     """An SB3 ``DummyVecEnv`` / ``SubprocVecEnv`` of ``n_envs`` :func:`make_env` copies.
 
     Copy ``i`` is seeded with ``seed + i`` (SB3's ``VecEnv.seed`` convention).
@@ -183,6 +184,7 @@ def make_vec_env(task: str, n_envs: int, seed: int = 0, vec_env_cls: str = "dumm
         n_envs: number of copies.
         seed: seed of copy 0.
         vec_env_cls: ``"dummy"`` (one process) or ``"subproc"`` (one process per copy).
+        wrapper: applied to each copy inside its own process, e.g. a token wrapper.
         **make_env_kwargs: forwarded to :func:`make_env` (``num_envs`` is forced to 1).
     """
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
@@ -197,7 +199,8 @@ def make_vec_env(task: str, n_envs: int, seed: int = 0, vec_env_cls: str = "dumm
 
     def factory(i: int):
         def _thunk():
-            return make_env(task, num_envs=1, seed=seed + i, **make_env_kwargs)
+            env = make_env(task, num_envs=1, seed=seed + i, **make_env_kwargs)
+            return wrapper(env) if wrapper is not None else env
 
         return _thunk
 

@@ -200,32 +200,17 @@ def make_token_vec_env(task: str, n_envs: int, checkpoint: str | os.PathLike, se
         **make_env_kwargs: forwarded to :func:`envs.make_env` (``camera_size`` defaults to the
             checkpoint's ``image_size``; ``reward_mode="normalized_dense"`` goes to ManiSkill).
     """
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
-
-    from envs.make import _check_task, make_env
+    from envs.make import make_vec_env
     from par_agent.config import PARConfig
     from par_agent.hub import CONFIG_NAME, resolve
 
-    _check_task(task)
-    classes = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
-    if vec_env_cls not in classes:
-        raise ValueError(f"vec_env_cls must be one of {sorted(classes)}, got {vec_env_cls!r}")
     folder = resolve(checkpoint)  # fail here, in this process, on a bad name
-    make_env_kwargs = dict(make_env_kwargs)
-    make_env_kwargs.pop("num_envs", None)
-    make_env_kwargs.setdefault("sim_backend", "cpu")
     make_env_kwargs.setdefault("camera_size", PARConfig.from_json(folder / CONFIG_NAME).image_size)
     subproc = vec_env_cls == "subproc"
 
-    def factory(i: int):
-        def _thunk():
-            if subproc and torch_threads:
-                torch.set_num_threads(torch_threads)
-            env = make_env(task, num_envs=1, seed=seed + i, **make_env_kwargs)
-            return PhysicalTokenObservation.from_pretrained(env, str(folder), device=device, keep_rgb=keep_rgb)
+    def wrap(env):
+        if subproc and torch_threads:
+            torch.set_num_threads(torch_threads)
+        return PhysicalTokenObservation.from_pretrained(env, str(folder), device=device, keep_rgb=keep_rgb)
 
-        return _thunk
-
-    vec = classes[vec_env_cls]([factory(i) for i in range(n_envs)])
-    vec.seed(seed)
-    return vec
+    return make_vec_env(task, n_envs, seed=seed, vec_env_cls=vec_env_cls, wrapper=wrap, **make_env_kwargs)
