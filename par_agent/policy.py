@@ -36,9 +36,7 @@ def observation_space_for(cfg: PARConfig) -> spaces.Dict:
 
 def action_space_for(model: PhysicalAutoregressiveModel) -> spaces.Box:
     """The range of the training actions (what the model can output)."""
-    n = model.action_norm
-    low = (n.offset - n.scale).cpu().numpy().astype(np.float32)
-    high = (n.offset + n.scale).cpu().numpy().astype(np.float32)
+    low, high = model.action_norm.get_stats()
     return spaces.Box(low, high, dtype=np.float32)
 
 

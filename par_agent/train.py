@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from par_agent.config import PARConfig
 from par_agent.hub import load_state, read_checkpoint
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.tokenizers import set_dataset_stats
+from par_agent.tokenizers import get_dataset_stats, set_dataset_stats
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
 PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video"}
@@ -346,9 +346,7 @@ def train(args: TrainArgs) -> dict:
     cfg = model.cfg
     stats = None
     if args.stage == "finetune" and resume is not None:
-        stats = {"action_min": (model.action_norm.offset - model.action_norm.scale).numpy(),
-                 "action_max": (model.action_norm.offset + model.action_norm.scale).numpy(),
-                 "state_mean": model.state_norm.offset.numpy(), "state_std": model.state_norm.scale.numpy()}
+        stats = get_dataset_stats(model.action_norm, model.state_norm)
     train_set, val_sets, data_stats = build_datasets(args, cfg, stats,
                                                      tokens_from=model if args.stage != "tokenizer" else None)
     if args.stage == "finetune" and resume is None:

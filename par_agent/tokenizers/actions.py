@@ -43,6 +43,13 @@ class Normalizer(nn.Module):
         self.scale.copy_(scale)
         self.fitted.fill_(True)
 
+    def get_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """The statistics :meth:`set_stats` takes: (min, max) or (mean, std), float32 (dim,) each."""
+        offset, scale = self.offset.detach().cpu(), self.scale.detach().cpu()
+        if self.mode == "minmax":
+            return (offset - scale).numpy(), (offset + scale).numpy()
+        return offset.numpy(), scale.numpy()
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., dim) raw -> normalised."""
         return (x - self.offset) / self.scale
@@ -50,6 +57,13 @@ class Normalizer(nn.Module):
     def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., dim) normalised -> raw."""
         return x * self.scale + self.offset
+
+
+def get_dataset_stats(action_norm: Normalizer, state_norm: Normalizer) -> dict[str, np.ndarray]:
+    """The inverse of :func:`set_dataset_stats`: the statistics the normalisers hold."""
+    action_min, action_max = action_norm.get_stats()
+    state_mean, state_std = state_norm.get_stats()
+    return {"action_min": action_min, "action_max": action_max, "state_mean": state_mean, "state_std": state_std}
 
 
 def set_dataset_stats(action_norm: Normalizer, state_norm: Normalizer, stats: Mapping[str, np.ndarray]) -> None:
