@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from par_agent.config import PARConfig
 
@@ -97,11 +97,9 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[PARConfig, dict[str, tor
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"bad {folder / CONFIG_NAME}: {e}") from e
     try:
-        state = load_file(str(folder / WEIGHTS_NAME))
-        from safetensors import safe_open
-
-        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:
+        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:  # one read: tensors and metadata
             meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"corrupt weights file {folder / WEIGHTS_NAME}: {e}") from e
     extra = json.loads(meta["extra"]) if "extra" in meta else {}
