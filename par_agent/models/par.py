@@ -129,14 +129,32 @@ class PhysicalAutoregressiveModel(nn.Module):
             return self.frame_tokenizer.encode(batch["frames"].to(self.device))
 
     # ------------------------------------------------------------------ training
-    def _window_embeddings(self, batch: dict, z: torch.Tensor, has_a: bool, has_s: bool) -> torch.Tensor:
+    def _run_window(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, dict, torch.Tensor]:
+        """One backbone pass over a batch of windows.
+
+        Returns frame tokens z (B, T, P, C), normalised actions (B, T-1, K, Da) or None, the
+        layout indices of ``_window_indices`` and the backbone outputs h (B, L, D).
+        """
+        cfg, dev = self.cfg, self.device
+        z = self.frame_tokens(batch)
+        T = z.shape[1]
+        if T < 2:
+            raise ValueError(f"a training window needs at least 2 blocks, got {T}")
+        a_n = self.action_norm.normalize(batch["actions"].to(dev, torch.float32)) if "actions" in batch else None
+        has_s = "state" in batch
+        spec = BlockSpec(cfg.frame_tokens, cfg.chunk_size, a_n is not None, has_s)
+        idx = {k: v.to(dev) for k, v in _window_indices(spec, T).items()}
+        x = self._window_embeddings(batch, z, a_n, has_s)
+        return z, a_n, idx, self.backbone(x, torch.arange(x.shape[1], device=dev), idx["mask"])
+
+    def _window_embeddings(self, batch: dict, z: torch.Tensor, a_n: torch.Tensor | None, has_s: bool) -> torch.Tensor:
         """Input embeddings (B, L, D) of windows laid out as in ``masks.window_layout``."""
         dev, B = self.device, z.shape[0]
         task = batch.get("task_id", torch.zeros(B, dtype=torch.long)).to(dev).reshape(B)
         fe = self.embed_frames(z)  # (B, T, P, D)
         parts0, rest = [fe[:, 0]], [fe[:, 1:]]
-        if has_a:
-            rest.append(self.embed_actions(self.action_norm.normalize(batch["actions"].to(dev, torch.float32))))
+        if a_n is not None:
+            rest.append(self.embed_actions(a_n))
         if has_s:
             se = self.embed_state(batch["state"].to(dev, torch.float32))
             parts0.append(se[:, 0])
@@ -153,26 +171,16 @@ class PhysicalAutoregressiveModel(nn.Module):
         Returns: ``loss``, ``frame_loss`` and (with actions) ``action_loss``, scalars.
         """
         cfg, dev = self.cfg, self.device
-        z = self.frame_tokens(batch)
+        z, a_n, idx, h = self._run_window(batch)
         B, T = z.shape[:2]
-        if T < 2:
-            raise ValueError(f"a training window needs at least 2 blocks, got {T}")
-        has_a, has_s = "actions" in batch, "state" in batch
-        spec = BlockSpec(cfg.frame_tokens, cfg.chunk_size, has_a, has_s)
-        idx = {k: v.to(dev) for k, v in _window_indices(spec, T).items()}
         fmask = batch.get("frame_mask", torch.ones(B, T, dtype=torch.bool)).to(dev)
-
-        x = self._window_embeddings(batch, z, has_a, has_s)
-        if has_a:
-            a_n = self.action_norm.normalize(batch["actions"].to(dev, torch.float32))
-        h = self.backbone(x, torch.arange(x.shape[1], device=dev), idx["mask"])
 
         mul = cfg.diffusion_batch_mul
         valid = fmask[:, 1:] & fmask[:, :-1]  # (B, T-1)
         cond = self.frame_head.prepare(h[:, idx["frame"][:-1]][valid], h[:, idx["last"][:-1]][valid])
         frame_loss = self.diffusion.loss(self.frame_head, z[:, 1:][valid].repeat(mul, 1, 1), repeat_cond(cond, mul))
         out = {"frame_loss": frame_loss, "loss": cfg.frame_loss_weight * frame_loss}
-        if has_a:
+        if a_n is not None:
             amask = batch.get("action_mask", torch.ones(B, T - 1, cfg.chunk_size, dtype=torch.bool)).to(dev)
             amask = amask & valid[..., None]
             rows = amask.any(-1)
@@ -194,17 +202,12 @@ class PhysicalAutoregressiveModel(nn.Module):
         F_{n+1} (the inverse-kinematics read-out), both with the config's sampler.
         """
         cfg, dev = self.cfg, self.device
-        z = self.frame_tokens(batch)
+        z, a_n, idx, h = self._run_window(batch)
         B, T = z.shape[:2]
-        has_a, has_s = "actions" in batch, "state" in batch
-        spec = BlockSpec(cfg.frame_tokens, cfg.chunk_size, has_a, has_s)
-        idx = {k: v.to(dev) for k, v in _window_indices(spec, T).items()}
-        x = self._window_embeddings(batch, z, has_a, has_s)
-        h = self.backbone(x, torch.arange(x.shape[1], device=dev), idx["mask"])
         cond = self.frame_head.prepare(h[:, idx["frame"][:-1]].flatten(0, 1), h[:, idx["last"][:-1]].flatten(0, 1))
         x0 = torch.randn(B * (T - 1), cfg.frame_tokens, cfg.token_dim, generator=generator).to(dev)
         out = {"frame_tokens": self.diffusion.sample(self.frame_head, x0, cond, self.num_inference_steps).unflatten(0, (B, T - 1))}
-        if has_a:
+        if a_n is not None:
             ctx_idx = torch.cat([idx["frame"][1:], idx["boa"][:, None]], dim=1)
             cond = self.action_head.prepare(h[:, ctx_idx].flatten(0, 1), h[:, idx["boa"]].flatten(0, 1))
             x0 = torch.randn(B * (T - 1), cfg.chunk_size, cfg.action_dim, generator=generator).to(dev)
