@@ -159,7 +159,7 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
     train, val = [], []
     for path in args.data:
         task = task_of(path)
-        tid = cfg.task_names.index(task) if task in cfg.task_names else 0
+        tid = cfg.task_id(task) if task is not None else 0  # plain videos: the first task
         kw = dict(history=cfg.history, chunk_size=cfg.chunk_size, task_id=tid, frames_only=frames_only,
                   val_fraction=args.val_fraction, image_size=cfg.image_size)
         tr = PhysicalStepDataset(path, split="train", stats=stats, **kw)
@@ -219,8 +219,43 @@ def task_of(path: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- model
+def data_tasks(args: TrainArgs) -> tuple[str, ...]:
+    """The task names of the stage's data: ``--tasks``, else those recorded with the data sources."""
+    return tuple(args.tasks) or tuple(sorted({t for t in (task_of(p) for p in args.data) if t}))
+
+
+def adapt_model(model: PhysicalAutoregressiveModel, **changes) -> tuple[PhysicalAutoregressiveModel, list[str]]:
+    """``model`` rebuilt with ``cfg.replace(**changes)``, keeping every tensor whose shape still
+    fits; task-embedding rows follow their task names. Returns the model and the names of the
+    tensors that were re-initialised (e.g. the state embedding when ``state_dim`` changes)."""
+    old_cfg, new_cfg = model.cfg, model.cfg.replace(**changes)
+    if new_cfg == old_cfg:
+        return model, []
+    new = PhysicalAutoregressiveModel(new_cfg)
+    own = new.state_dict()
+    reinit = []
+    for k, v in model.state_dict().items():
+        if k == "task_emb.weight":
+            for i, t in enumerate(new_cfg.task_names):
+                if t in old_cfg.task_names:
+                    own[k][i] = v[old_cfg.task_names.index(t)]
+            if not set(new_cfg.task_names) <= set(old_cfg.task_names):
+                reinit.append(k)
+        elif k in own and own[k].shape == v.shape:
+            own[k] = v
+        else:
+            reinit.append(k)
+    new.load_state_dict(own)
+    return new, reinit
+
+
 def build_model(args: TrainArgs) -> tuple[PhysicalAutoregressiveModel, str]:
-    """A new model for the stage: from ``--init`` / the previous stage's ``final``, or fresh."""
+    """A new model for the stage: from ``--init`` / the previous stage's ``final``, or fresh.
+
+    A model started from a checkpoint takes the data's task names: exactly those for
+    ``finetune`` (a single-task model by default, so its policy acts on that task), the
+    checkpoint's plus any new ones for the other stages.
+    """
     init = args.init
     if init is None and args.stage in PREVIOUS:
         prev = args.out / PREVIOUS[args.stage] / "final"
@@ -229,19 +264,18 @@ def build_model(args: TrainArgs) -> tuple[PhysicalAutoregressiveModel, str]:
         elif args.stage == "finetune" and (args.out / "tokenizer" / "final").is_dir():
             init = str(args.out / "tokenizer" / "final")
     overrides = parse_overrides(args.overrides)
+    tasks = data_tasks(args)
     if init is not None:
         cfg, state, _ = read_checkpoint(init)
-        new_cfg = cfg.replace(**overrides) if overrides else cfg
-        model = PhysicalAutoregressiveModel(new_cfg)
-        own = model.state_dict()
-        keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        dropped = sorted(set(state) - set(keep))
-        own.update(keep)
-        load_state(model, own, init)
-        note = f"initialised from {init}" + (f" (re-initialised {len(dropped)} tensors of another shape)" if dropped else "")
+        model = PhysicalAutoregressiveModel(cfg)
+        load_state(model, state, init)
+        if tasks and "task_names" not in overrides:
+            overrides["task_names"] = tasks if args.stage == "finetune" else \
+                tuple(cfg.task_names) + tuple(t for t in tasks if t not in cfg.task_names)
+        model, reinit = adapt_model(model, **overrides)
+        note = f"initialised from {init}" + (f" (re-initialised {', '.join(reinit)})" if reinit else "")
         return model, note
-    tasks = args.tasks or tuple(sorted({t for t in (task_of(p) for p in args.data) if t})) or ("PushCube-v1",)
-    cfg = PARConfig.named(args.preset, **{"task_names": tuple(tasks), **overrides})
+    cfg = PARConfig.named(args.preset, **{"task_names": tasks or ("PushCube-v1",), **overrides})
     torch.manual_seed(args.seed)
     return PhysicalAutoregressiveModel(cfg), "initialised from scratch"
 
@@ -350,6 +384,11 @@ def train(args: TrainArgs) -> dict:
     train_set, val_sets, data_stats = build_datasets(args, cfg, stats,
                                                      tokens_from=model if args.stage != "tokenizer" else None)
     if args.stage == "finetune" and resume is None:
+        dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]))
+        model, reinit = adapt_model(model, **dims)
+        if reinit:  # e.g. PickCube's 29 state values after video pretraining with 25
+            note += f"; {dims} from the data (re-initialised {', '.join(reinit)})"
+        cfg = model.cfg
         set_dataset_stats(model.action_norm, model.state_norm, data_stats)
     model.to(device).train()
 

@@ -145,3 +145,41 @@ def test_distributed_two_gloo_processes(pushcube_demos, tmp_path):
     from par_agent import PARPolicy
 
     PARPolicy.from_pretrained(str(tmp_path / "finetune" / "final"))
+
+
+def test_adapt_model_keeps_fitting_weights_and_task_rows():
+    from par_agent.config import PARConfig
+    from par_agent.models import PhysicalAutoregressiveModel
+    from par_agent.train import adapt_model
+
+    torch.manual_seed(0)
+    m = PhysicalAutoregressiveModel(PARConfig.named("tiny", task_names=("A-v1", "B-v1", "C-v1")))
+    new, reinit = adapt_model(m, task_names=("C-v1",), state_dim=29)
+    assert new.cfg.task_names == ("C-v1",) and new.cfg.state_dim == 29
+    assert torch.equal(new.task_emb.weight[0], m.task_emb.weight[2])
+    assert "state_in.weight" in reinit and "task_emb.weight" not in reinit
+    old, sd = m.state_dict(), new.state_dict()
+    kept = [k for k in sd if k not in reinit and k != "task_emb.weight"]
+    assert kept and all(torch.equal(sd[k], old[k]) for k in kept)
+    assert adapt_model(m) == (m, [])  # nothing to change: the same object
+    with pytest.raises(ValueError, match="unknown task"):
+        m.cfg.task_id("D-v1")
+
+
+def test_finetune_adapts_a_multitask_video_model_to_the_task_and_state_size(trained_run, pushcube_demos, tmp_path):
+    """Video pretraining on several tasks, then single-task finetuning on data whose state size
+    differs from the pretrained config (as PickCube's 29 values differ from PushCube's 25)."""
+    from par_agent.hub import read_checkpoint
+    from par_agent.models import PhysicalAutoregressiveModel
+    from par_agent.train import adapt_model
+
+    video = PhysicalAutoregressiveModel.from_pretrained(trained_run / "pretrain-video" / "final")
+    multi, _ = adapt_model(video, task_names=("PickCube-v1", "PushCube-v1", "StackCube-v1"), state_dim=7)
+    multi.save_pretrained(tmp_path / "multi")
+    run_stage("finetune", pushcube_demos, tmp_path / "ft", 2, "--init", str(tmp_path / "multi"))
+    cfg, state, _ = read_checkpoint(tmp_path / "ft" / "finetune" / "final")
+    assert cfg.task_names == ("PushCube-v1",) and cfg.state_dim == 25
+    # the PushCube row of the task embedding came from the pretrained model (then trained 2 steps)
+    assert state["task_emb.weight"].shape == (1, cfg.width)
+    assert torch.equal(state["frame_tokenizer.vae.encoder.conv_in.weight"],
+                      multi.state_dict()["frame_tokenizer.vae.encoder.conv_in.weight"])

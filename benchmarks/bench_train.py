@@ -1,0 +1,135 @@
+"""Training throughput of each ``par-train`` stage, and model FLOPs utilisation on a GPU, in one run.
+
+    python benchmarks/bench_train.py                          # default ("small") config, CPU
+    python benchmarks/bench_train.py --preset cpu64 --json    # one JSON object
+    python benchmarks/bench_train.py --device cuda --batch-size 64 --peak-tflops 989
+
+One optimiser step is timed exactly as ``par-train`` runs it: forward (bf16 autocast on CUDA),
+backward, gradient clipping and AdamW, on windows of ``history`` blocks. ``pretrain-video`` and
+``finetune`` use precomputed frame tokens (the tokenizer is frozen after its stage, and
+``par-train`` encodes the dataset once); ``tokenizer`` trains the autoencoder on single frames.
+FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
+convolutions, forward + backward). MFU = achieved FLOP/s / ``--peak-tflops`` (dense bf16 peak of
+the GPU: about 989 for an H100 SXM); without a peak only the achieved TFLOP/s are printed.
+Data and weights are random: timing does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from par_agent.config import PARConfig
+from par_agent.models import PhysicalAutoregressiveModel
+from par_agent.train import TokenizerObjective
+
+STAGES = ("tokenizer", "pretrain-video", "finetune")
+
+
+def make_batch(cfg: PARConfig, stage: str, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A random batch shaped like the stage's training batches (see ``PhysicalStepDataset``)."""
+    B, T, K = batch, cfg.history, cfg.chunk_size
+    if stage == "tokenizer":
+        return {"frames": torch.randint(0, 256, (B, T, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
+                                        device=device),
+                "frame_mask": torch.ones(B, T, dtype=torch.bool, device=device)}
+    out = {"frame_tokens": torch.randn(B, T, cfg.frame_tokens, cfg.latent_channels * cfg.patch_size ** 2,
+                                       device=device),
+           "task_id": torch.zeros(B, dtype=torch.long, device=device)}
+    if stage == "finetune":
+        out["actions"] = torch.rand(B, T - 1, K, cfg.action_dim, device=device) * 2 - 1
+        out["state"] = torch.randn(B, T, cfg.state_dim, device=device)
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_stage(model: PhysicalAutoregressiveModel, stage: str, batch_size: int, steps: int, warmup: int) -> dict:
+    dev = model.device
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    if stage == "tokenizer":
+        objective, params = TokenizerObjective(model), list(model.frame_tokenizer.parameters())
+    else:
+        objective = model
+        params = [p for n, p in model.named_parameters() if not n.startswith("frame_tokenizer.")]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    batch = make_batch(model.cfg, stage, batch_size, dev)
+
+    def step() -> None:
+        with amp:
+            loss = objective(batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    with FlopCounterMode(display=False) as fc:
+        step()
+    flops = fc.get_total_flops()
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(dev)
+    dt = (time.perf_counter() - t0) / steps
+    return {"ms_per_step": 1000 * dt, "samples_per_s": batch_size / dt, "gflops_per_step": flops / 1e9,
+            "achieved_tflops": flops / dt / 1e12, "trainable_params": sum(p.numel() for p in params)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="small")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per step (tokenizer: windows of frames)")
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per stage")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's dense bf16 peak, for MFU")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = PARConfig.named(args.preset)
+    model = PhysicalAutoregressiveModel(cfg).to(dev).train()
+    out: dict = {"preset": args.preset, "device": str(dev), "batch_size": args.batch_size,
+                 "threads": torch.get_num_threads(), "history": cfg.history, "image_size": cfg.image_size,
+                 "stages": {}}
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+    if not args.json:
+        print(f"{args.preset} config, {cfg.image_size}px, history {cfg.history}, batch {args.batch_size}, "
+              f"{out['threads']} threads, device {out.get('gpu', dev)}")
+    for stage in args.stages:
+        row = bench_stage(model, stage, args.batch_size, args.steps, args.warmup)
+        if args.peak_tflops:
+            row["mfu"] = row["achieved_tflops"] / args.peak_tflops
+        out["stages"][stage] = row
+        if not args.json:
+            mfu = f"  MFU {100 * row['mfu']:.1f}%" if "mfu" in row else ""
+            print(f"{stage:15s} {row['ms_per_step']:9.1f} ms/step  {row['samples_per_s']:8.1f} samples/s  "
+                  f"{row['gflops_per_step']:8.1f} GFLOP/step  {row['achieved_tflops']:7.3f} TFLOP/s{mfu}")
+    if dev.type == "cuda":
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if args.json:
+        print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
