@@ -34,6 +34,7 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

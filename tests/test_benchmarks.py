@@ -1,0 +1,33 @@
+"""The benchmark scripts run and report consistent figures (tiny config; no timing is asserted)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_bench_train_reports_every_stage():
+    import bench_train
+
+    out = bench_train.main(["--preset", "tiny", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                            "--peak-tflops", "1", "--json"])
+    assert set(out["stages"]) == {"tokenizer", "pretrain-video", "finetune"}
+    for row in out["stages"].values():
+        assert row["ms_per_step"] > 0 and row["gflops_per_step"] > 0
+        assert row["samples_per_s"] == pytest.approx(2000 / row["ms_per_step"])
+        assert row["mfu"] == pytest.approx(row["achieved_tflops"])
+    # fine-tuning trains the action head on top of what video pretraining trains
+    assert out["stages"]["finetune"]["gflops_per_step"] > out["stages"]["pretrain-video"]["gflops_per_step"]
+    assert out["stages"]["finetune"]["trainable_params"] == out["stages"]["pretrain-video"]["trainable_params"]
+
+
+def test_bench_inference_batch_and_cache_columns():
+    import bench_inference
+
+    out = bench_inference.main(["--preset", "tiny", "--batch", "3", "--contexts", "1", "3", "--repeats", "1",
+                                "--steady-chunks", "2", "--json"])
+    assert out["batch"] == 3 and set(out["contexts"]) == {"1", "3"}
+    for row in out["contexts"].values():
+        assert row["speedup"] == pytest.approx(row["uncached_ms"] / row["cached_ms"])
+    assert out["ms_per_control_step"] == pytest.approx(out["ms_per_chunk"] / out["chunk_size"])
