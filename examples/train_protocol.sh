@@ -20,7 +20,7 @@ TASKS=${TASKS:-$ALL_TASKS}
 if [ "$SCALE" = cpu ]; then
   : "${CAM:=64}" "${PRESET:=cpu64}" "${BS:=16}" "${EPISODES:=50}" "${TOK:=1000}" "${TOK_LR:=2e-3}"
   : "${PRE:=800}" "${FT:=1500}" "${FT_LR:=6e-4}"
-  declare -A DEMOS=([PushCube-v1]=150 [PickCube-v1]=250 [StackCube-v1]=160)
+  declare -A DEMOS=([PushCube-v1]=150 [PickCube-v1]=250 [StackCube-v1]=120)
 else
   : "${CAM:=128}" "${PRESET:=small}" "${BS:=64}" "${EPISODES:=250}" "${TOK:=20000}" "${TOK_LR:=1e-3}"
   : "${PRE:=30000}" "${FT:=60000}" "${FT_LR:=3e-4}"

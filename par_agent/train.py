@@ -169,9 +169,27 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
         except ValueError:
             pass  # too few episodes for a validation split
     stats = train[0].stats
+    if frames_only:  # pure video: no proprio state (its size also differs between tasks: 25 / 29)
+        train, val = [WithoutState(ds) for ds in train], [WithoutState(ds) for ds in val]
     if tokens_from is not None:  # frozen tokenizer: encode every frame once, not every step
         train = [TokenizedWindows(ds, tokens_from) for ds in train]
     return (train[0] if len(train) == 1 else ConcatDataset(train)), (val or None), stats
+
+
+class WithoutState(torch.utils.data.Dataset):
+    """A window dataset whose items leave out ``state`` (the frames-only stages read none)."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+        self.frames = ds.frames
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.ds[i])
+        item.pop("state", None)
+        return item
 
 
 class TokenizedWindows(torch.utils.data.Dataset):
@@ -318,8 +336,7 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
     for ds in val_sets:
         n = len(ds)
         items += [ds[i] for i in np.linspace(0, n - 1, min(n, max_windows // len(val_sets) or 1)).astype(int)]
-    batch = {k: v.to(device) for k, v in default_collate(items).items()
-             if not (stage == "pretrain-video" and k == "state")}
+    batch = {k: v.to(device) for k, v in default_collate(items).items()}
     frames = batch["frames"]  # (B, T, H, W, 3)
     tok = model.frame_tokenizer
     rec = tok.decode(tok.encode(frames))
@@ -466,8 +483,7 @@ def train(args: TrainArgs) -> dict:
         except StopIteration:
             epoch, it = epoch + 1, None
             continue
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()
-                 if not (args.stage == "pretrain-video" and k == "state")}  # pure video: no state
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with amp:
             out = ddp(batch)
         loss = out["loss"]

@@ -183,3 +183,28 @@ def test_finetune_adapts_a_multitask_video_model_to_the_task_and_state_size(trai
     assert state["task_emb.weight"].shape == (1, cfg.width)
     assert torch.equal(state["frame_tokenizer.vae.encoder.conv_in.weight"],
                       multi.state_dict()["frame_tokenizer.vae.encoder.conv_in.weight"])
+
+
+def test_frames_only_stages_mix_tasks_whose_state_sizes_differ(pushcube_demos, tmp_path):
+    """Tokenizer and video pretraining on two tasks' demos whose proprio states differ (25 vs 29
+    values, as PushCube vs PickCube): the frames-only stages read no state, so batches mix."""
+    import h5py
+
+    from conftest import copy_demo
+    from par_agent.models import PhysicalAutoregressiveModel
+
+    other = copy_demo(pushcube_demos, tmp_path / "other")
+    meta = json.loads(other.with_suffix(".json").read_text())
+    meta["env_info"]["env_id"] = "PickCube-v1"
+    other.with_suffix(".json").write_text(json.dumps(meta))
+    with h5py.File(other, "r+") as f:
+        for name in f:
+            n = len(f[name]["obs/agent/qpos"])
+            f[name]["obs/extra"].create_dataset("zz_extra", data=np.zeros((n, 4), np.float32))
+    out = tmp_path / "run"
+    data = [str(pushcube_demos), str(other)]
+    train_main(["tokenizer", "--data", *data, "--out", str(out), "--steps", "2", *TINY, "--batch-size", "4"])
+    train_main(["pretrain-video", "--data", *data, "--out", str(out), "--steps", "2", *TINY, "--batch-size", "4",
+                "--val-every", "2"])
+    m = PhysicalAutoregressiveModel.from_pretrained(out / "pretrain-video" / "final")
+    assert m.cfg.task_names == ("PickCube-v1", "PushCube-v1")
