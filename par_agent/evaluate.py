@@ -112,6 +112,9 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
             r = results[j]
             r["length"] += 1
             r["success"] = r["success"] or bool(infos[i].get("success", False))
+            for k, v in infos[i].items():  # ManiSkill's sub-goals (is_grasped, is_cubeA_on_cubeB, ...)
+                if isinstance(v, (bool, np.bool_)) and k != "success":
+                    r.setdefault("reached", {})[k] = r.get("reached", {}).get(k, False) or bool(v)
             if j in recorders:
                 recorders[j].add(frames_before[i], predicted[i], step=r["length"] - 1, success=r["success"])
             if dones[i]:
@@ -131,12 +134,15 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
     n = len(results)
     succ = sum(r["success"] for r in results.values())
     lo, hi = wilson_ci95(succ, n)
+    flags = sorted({k for r in results.values() for k in r.get("reached", {})})
     return {
         "task": task,
         "success_rate": succ / n,
         "n_episodes": n,
         "ci95": [lo, hi],
         "mean_episode_length": float(np.mean([r["length"] for r in results.values()])),
+        # fraction of episodes in which each boolean info flag was ever true: where a failure happens
+        "subgoal_rates": {k: sum(r.get("reached", {}).get(k, False) for r in results.values()) / n for k in flags},
         "per_seed": [results[j] for j in sorted(results)],
         "env": {"max_episode_steps": max_steps, "num_envs": num_envs, "control_mode": "pd_joint_pos",
                 "obs_mode": "rgb", "camera_size": size, "vec_env": vec_env_cls},
@@ -192,6 +198,8 @@ def run(argv: list[str] | None = None) -> dict:
     print(f"{task}: success {report['success_rate']:.1%} over {report['n_episodes']} episodes "
           f"(95% CI {lo:.1%}-{hi:.1%}); mean length {report['mean_episode_length']:.1f}; "
           f"policy {report['policy_ms_per_control_step']:.1f} ms/step; wall {report['wall_time_s']:.0f} s", file=sys.stderr)
+    if report["subgoal_rates"]:
+        print("  ever reached: " + ", ".join(f"{k} {v:.0%}" for k, v in report["subgoal_rates"].items()), file=sys.stderr)
     return report
 
 

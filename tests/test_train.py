@@ -87,6 +87,10 @@ def test_par_eval_report(trained_run, tmp_path):
     assert all(e["length"] == 4 or e["success"] for e in r["per_seed"])
     assert len(r["videos"]) == 1 and Path(r["videos"][0]).is_file()
     assert r["policy_ms_per_control_step"] > 0
+    flags = {k for e in r["per_seed"] for k in e.get("reached", {})}
+    assert set(r["subgoal_rates"]) == flags and "success" not in flags
+    for k, rate in r["subgoal_rates"].items():
+        assert rate == sum(e.get("reached", {}).get(k, False) for e in r["per_seed"]) / 3
 
 
 def test_kill_after_checkpoint_then_resume(pushcube_demos, tmp_path, monkeypatch):
