@@ -31,3 +31,22 @@ def test_bench_inference_batch_and_cache_columns():
     for row in out["contexts"].values():
         assert row["speedup"] == pytest.approx(row["uncached_ms"] / row["cached_ms"])
     assert out["ms_per_control_step"] == pytest.approx(out["ms_per_chunk"] / out["chunk_size"])
+
+
+def test_object_recall_counts_cube_pixels_within_one_pixel():
+    import torch
+
+    import bench_world_model as wm
+
+    real = torch.zeros(1, 16, 16, 3, dtype=torch.uint8)
+    real[..., 0], real[..., 1], real[..., 2] = 170, 100, 60  # table colour: not an object
+    assert not wm.object_mask(real).any()
+    real[0, 4:6, 4:6] = torch.tensor([220, 30, 30], dtype=torch.uint8)  # red cube, 4 pixels
+    real[0, 10, 10] = torch.tensor([30, 200, 40], dtype=torch.uint8)    # green cube, 1 pixel
+    assert wm.object_mask(real).sum() == 5
+    shifted = real.clone()
+    shifted[0] = torch.roll(real[0], shifts=1, dims=1)  # one pixel off: still found
+    assert wm.object_recall(shifted, real) == 1.0
+    blurred = real.clone()
+    blurred[0, 4:6, 4:6] = torch.tensor([170, 100, 60], dtype=torch.uint8)  # the red cube is lost
+    assert wm.object_recall(blurred, real) == pytest.approx(1 / 5)
