@@ -43,6 +43,7 @@ def test_object_recall_counts_cube_pixels_within_one_pixel():
     assert not wm.object_mask(real).any()
     real[0, 4:6, 4:6] = torch.tensor([220, 30, 30], dtype=torch.uint8)  # red cube, 4 pixels
     real[0, 10, 10] = torch.tensor([30, 200, 40], dtype=torch.uint8)    # green cube, 1 pixel
+    real[0, 0, 0] = torch.tensor([110, 113, 121], dtype=torch.uint8)    # grey background: not an object
     assert wm.object_mask(real).sum() == 5
     shifted = real.clone()
     shifted[0] = torch.roll(real[0], shifts=1, dims=1)  # one pixel off: still found
