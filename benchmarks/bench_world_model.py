@@ -10,7 +10,7 @@ state is not predicted by PAR), and so on for H blocks; F^_{s+H} is compared to 
 The validation split of the dataset (episodes the model never trained on) is used.
 
 Object recall: PSNR is dominated by the table and the arm, so the cubes get their own figure.
-Object pixels are saturated red, green or blue ones (the cubes and PushCube's target; PickCube's
+Object pixels are saturated red, green or blue ones (the cubes; PickCube's
 goal is hidden from the camera); recall = the fraction of the real frame's object pixels that are object pixels in the
 reconstructed / predicted frame too, within one pixel.
 """
@@ -47,7 +47,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
 
 
 def object_mask(frames: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, H, W) bool: saturated red, green or blue pixels (cubes, PushCube's target)."""
+    """(N, H, W, 3) uint8 -> (N, H, W) bool: saturated red, green or blue pixels (the cubes)."""
     r, g, b = (frames[..., i].int() for i in range(3))
     return ((r > 120) & (g < 60) & (b < 60)) | ((g > 120) & (r < 90) & (b < 90)) | ((b > 120) & (b - r > 60) & (r < 90))
 
