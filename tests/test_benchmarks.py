@@ -33,21 +33,23 @@ def test_bench_inference_batch_and_cache_columns():
     assert out["ms_per_control_step"] == pytest.approx(out["ms_per_chunk"] / out["chunk_size"])
 
 
-def test_object_recall_counts_cube_pixels_within_one_pixel():
+def test_object_mask_and_object_psnr():
+    import math
+
     import torch
 
     import bench_world_model as wm
 
     real = torch.zeros(1, 16, 16, 3, dtype=torch.uint8)
     real[..., 0], real[..., 1], real[..., 2] = 170, 100, 60  # table colour: not an object
-    assert not wm.object_mask(real).any()
+    real[0, 0, 0] = torch.tensor([110, 113, 121], dtype=torch.uint8)  # grey background: not an object
+    assert not wm.object_mask(real).any() and math.isnan(wm.object_psnr(real, real))
     real[0, 4:6, 4:6] = torch.tensor([220, 30, 30], dtype=torch.uint8)  # red cube, 4 pixels
     real[0, 10, 10] = torch.tensor([30, 200, 40], dtype=torch.uint8)    # green cube, 1 pixel
-    real[0, 0, 0] = torch.tensor([110, 113, 121], dtype=torch.uint8)    # grey background: not an object
-    assert wm.object_mask(real).sum() == 5
-    shifted = real.clone()
-    shifted[0] = torch.roll(real[0], shifts=1, dims=1)  # one pixel off: still found
-    assert wm.object_recall(shifted, real) == 1.0
+    real[0, 12, 3] = torch.tensor([58, 102, 187], dtype=torch.uint8)    # blue cube, 1 pixel
+    assert wm.object_mask(real).sum() == 6
     blurred = real.clone()
     blurred[0, 4:6, 4:6] = torch.tensor([170, 100, 60], dtype=torch.uint8)  # the red cube is lost
-    assert wm.object_recall(blurred, real) == pytest.approx(1 / 5)
+    mse = 4 * (50**2 + 70**2 + 30**2) / 3 / 6  # error only on 4 of the 6 object pixels
+    assert wm.object_psnr(blurred, real) == pytest.approx(10 * math.log10(255**2 / mse), rel=1e-5)
+    assert wm.psnr(blurred, real).item() > wm.object_psnr(blurred, real)  # whole-frame PSNR hides it
