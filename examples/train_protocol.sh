@@ -4,7 +4,7 @@
 # single-task model per task with actions, and evaluate each with par-eval.
 #
 #   bash examples/train_protocol.sh                 # full scale: 1,000 demos per task, 128x128 (GPU)
-#   SCALE=cpu bash examples/train_protocol.sh       # reduced scale that a 2-core CPU trains in ~1.5 h
+#   SCALE=cpu bash examples/train_protocol.sh       # reduced scale: ~40 min of collection, ~45 min of training and ~25 min of evaluation on 2 CPU cores
 #   TASKS="PickCube-v1 StackCube-v1" SCALE=cpu bash examples/train_protocol.sh   # fine-tune/evaluate some tasks
 #   TOKENIZER_INIT=runs/pushcube-cpu64/tokenizer/final SCALE=cpu bash ...      # warm-start the tokenizer
 #
