@@ -37,8 +37,7 @@ def make_batch(cfg: PARConfig, stage: str, batch: int, device: torch.device) -> 
         return {"frames": torch.randint(0, 256, (B, T, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
                                         device=device),
                 "frame_mask": torch.ones(B, T, dtype=torch.bool, device=device)}
-    out = {"frame_tokens": torch.randn(B, T, cfg.frame_tokens, cfg.latent_channels * cfg.patch_size ** 2,
-                                       device=device),
+    out = {"frame_tokens": torch.randn(B, T, cfg.frame_tokens, cfg.token_dim, device=device),
            "task_id": torch.zeros(B, dtype=torch.long, device=device)}
     if stage == "finetune":
         out["actions"] = torch.rand(B, T - 1, K, cfg.action_dim, device=device) * 2 - 1

@@ -114,7 +114,8 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
             r["success"] = r["success"] or bool(infos[i].get("success", False))
             for k, v in infos[i].items():  # ManiSkill's sub-goals (is_grasped, is_cubeA_on_cubeB, ...)
                 if isinstance(v, (bool, np.bool_)) and k != "success" and not k.startswith("TimeLimit."):
-                    r.setdefault("reached", {})[k] = r.get("reached", {}).get(k, False) or bool(v)
+                    reached = r.setdefault("reached", {})
+                    reached[k] = reached.get(k, False) or bool(v)
             if j in recorders:
                 recorders[j].add(frames_before[i], predicted[i], step=r["length"] - 1, success=r["success"])
             if dones[i]:

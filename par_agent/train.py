@@ -35,7 +35,6 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from par_agent.config import PARConfig
-from par_agent.hub import load_state, read_checkpoint
 from par_agent.models import PhysicalAutoregressiveModel
 from par_agent.tokenizers import get_dataset_stats, set_dataset_stats
 
@@ -284,9 +283,8 @@ def build_model(args: TrainArgs) -> tuple[PhysicalAutoregressiveModel, str]:
     overrides = parse_overrides(args.overrides)
     tasks = data_tasks(args)
     if init is not None:
-        cfg, state, _ = read_checkpoint(init)
-        model = PhysicalAutoregressiveModel(cfg)
-        load_state(model, state, init)
+        model = PhysicalAutoregressiveModel.from_pretrained(init)
+        cfg = model.cfg
         if tasks and "task_names" not in overrides:
             overrides["task_names"] = tasks if args.stage == "finetune" else \
                 tuple(cfg.task_names) + tuple(t for t in tasks if t not in cfg.task_names)
