@@ -6,13 +6,14 @@
 #   bash examples/train_protocol.sh                 # full scale: 1,000 demos per task, 128x128 (GPU)
 #   SCALE=cpu bash examples/train_protocol.sh       # reduced scale: ~40 min of collection, ~45 min of training and ~25 min of evaluation on 2 CPU cores
 #   TASKS="PickCube-v1 StackCube-v1" SCALE=cpu bash examples/train_protocol.sh   # fine-tune/evaluate some tasks
-#   TOKENIZER_INIT=runs/pushcube-cpu64/tokenizer/final SCALE=cpu bash ...      # warm-start the tokenizer
+#   TOKENIZER_INIT=runs/pushcube-cpu64/tokenizer/final TOK_SET= SCALE=cpu bash ...  # warm-start the tokenizer
+#   FG=0 ...                                        # tokenizer without foreground weighting (par-train --fg-weight)
 #
 # Every step resumes: par-collect tops a dataset up to --num-demos, par-train continues from the
 # stage's latest checkpoint, and a finished stage (its final/ folder exists) is skipped.
 # Console scripts come from the venv: `source .venv/bin/activate` first (make setup creates it).
 # Several GPUs: prefix the par-train lines with `torchrun --nproc_per_node N -m par_agent.train`.
-set -euo pipefail
+set -euo pipefail -f  # -f: no globbing (TOK_SET holds brackets)
 SCALE=${SCALE:-full}
 ALL_TASKS="PushCube-v1 PickCube-v1 StackCube-v1"
 TASKS=${TASKS:-$ALL_TASKS}
@@ -20,10 +21,13 @@ TASKS=${TASKS:-$ALL_TASKS}
 if [ "$SCALE" = cpu ]; then
   : "${CAM:=64}" "${PRESET:=cpu64}" "${BS:=16}" "${EPISODES:=50}" "${TOK:=1000}" "${TOK_LR:=2e-3}"
   : "${PRE:=800}" "${FT:=1500}" "${FT_LR:=6e-4}"
+  # 64x64 frames: a stride-4 autoencoder with 4x4 latent patches (still 16 tokens per frame), so
+  # the 2-3 pixel cubes survive tokenization (cube PSNR, bench_world_model.py; README "Results")
+  : "${TOK_SET=vae_stride=4 vae_channels=[16,32,64] patch_size=4}"
   declare -A DEMOS=([PushCube-v1]=150 [PickCube-v1]=250 [StackCube-v1]=120)
 else
   : "${CAM:=128}" "${PRESET:=small}" "${BS:=64}" "${EPISODES:=250}" "${TOK:=20000}" "${TOK_LR:=1e-3}"
-  : "${PRE:=30000}" "${FT:=60000}" "${FT_LR:=3e-4}"
+  : "${PRE:=30000}" "${FT:=60000}" "${FT_LR:=3e-4}" "${TOK_SET=}"
   declare -A DEMOS=([PushCube-v1]=1000 [PickCube-v1]=1000 [StackCube-v1]=1000)
 fi
 DATA=${DATA:-data/protocol-$SCALE}
@@ -41,7 +45,8 @@ done_stage() { [ -f "$1/final/model.safetensors" ]; }
 # 1. frame tokenizer on all tasks' frames
 if ! done_stage "$RUN/video/tokenizer"; then
   par-train tokenizer --data $ALL_DATA --out "$RUN/video" --preset "$PRESET" --steps "$TOK" --batch-size 4 \
-    --lr "$TOK_LR" --ckpt-every 200 --val-every 500 ${TOKENIZER_INIT:+--init "$TOKENIZER_INIT"}
+    --lr "$TOK_LR" --fg-weight "${FG:-20}" --ckpt-every 200 --val-every 500 \
+    ${TOKENIZER_INIT:+--init "$TOKENIZER_INIT"} ${TOK_SET:+--set $TOK_SET}
 fi
 # 2. video pretraining: frames of all three tasks, no actions, no state
 if ! done_stage "$RUN/video/pretrain-video"; then

@@ -27,6 +27,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.tokenizers import get_dataset_stats, set_dataset_stats
+from par_agent.tokenizers import background_frame, get_dataset_stats, set_dataset_stats
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
 PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video"}
@@ -66,6 +67,8 @@ class TrainArgs:
     device: str = "auto"
     val_fraction: float = 0.1
     progress: bool = True
+    fg_weight: float = 20.0
+    """tokenizer stage: extra weight of the pixels that differ from the static scene (FrameTokenizer.loss)"""
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -310,16 +313,28 @@ def parse_overrides(items) -> dict:
 
 
 class TokenizerObjective(nn.Module):
-    """Wraps the frame tokenizer so DDP sees one module whose forward returns the losses."""
+    """Wraps the frame tokenizer so DDP sees one module whose forward returns the losses.
 
-    def __init__(self, model: PhysicalAutoregressiveModel) -> None:
+    ``background`` (H, W, 3) uint8 and ``fg_weight``: the foreground weighting of
+    :meth:`FrameTokenizer.loss`."""
+
+    def __init__(self, model: PhysicalAutoregressiveModel, background: torch.Tensor | None = None,
+                 fg_weight: float = 0.0) -> None:
         super().__init__()
         self.tok = model.frame_tokenizer
+        self.background, self.fg_weight = background, fg_weight
 
     def forward(self, batch: dict) -> dict:
         frames = batch["frames"]
         valid = batch["frame_mask"].reshape(-1)
-        return self.tok.loss(frames.reshape(-1, *frames.shape[-3:])[valid])
+        return self.tok.loss(frames.reshape(-1, *frames.shape[-3:])[valid], background=self.background,
+                             fg_weight=self.fg_weight)
+
+
+def dataset_frames(ds) -> np.ndarray:
+    """All frames (N, H, W, 3) uint8 of a window dataset or a ConcatDataset of them."""
+    parts = getattr(ds, "datasets", [ds])
+    return np.concatenate([d.frames for d in parts])
 
 
 # ----------------------------------------------------------------------------- validation
@@ -359,8 +374,6 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
 
 def write_validation_video(real: torch.Tensor, pred: torch.Tensor, path: Path, fps: int = 4) -> None:
     """Real next frames (left) beside the predicted ones (right); (T, H, W, 3) uint8 each."""
-    import imageio.v2 as imageio
-
     path.parent.mkdir(parents=True, exist_ok=True)
     pair = torch.cat([real, pred], dim=2).cpu().numpy()
     pair = pair.repeat(2, axis=1).repeat(2, axis=2)
@@ -408,7 +421,10 @@ def train(args: TrainArgs) -> dict:
     model.to(device).train()
 
     if args.stage == "tokenizer":
-        objective: nn.Module = TokenizerObjective(model)
+        background = background_frame(dataset_frames(train_set)) if args.fg_weight > 0 else None
+        objective: nn.Module = TokenizerObjective(model, background, args.fg_weight)
+        if background is not None and rank == 0:  # what the weighting treats as the static scene
+            imageio.imwrite(stage_dir / "background.png", background.numpy())
         params = list(model.frame_tokenizer.parameters())
     else:
         objective = model
@@ -570,13 +586,17 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--device", default="auto")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--fg-weight", type=float, default=20.0,
+                   help="tokenizer stage: extra loss weight of pixels that differ from the static scene "
+                        "(the arm, the cubes); 0 for a plain reconstruction loss")
     a = p.parse_args(argv)
     lr = a.lr if a.lr is not None else (1e-3 if a.stage == "tokenizer" else 3e-4)
     return TrainArgs(stage=a.stage, data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=lr,
                      weight_decay=a.weight_decay, warmup=a.warmup, grad_clip=a.grad_clip, ema=a.ema,
                      ckpt_every=a.ckpt_every, val_every=a.val_every, log_every=a.log_every, workers=a.workers,
                      seed=a.seed, init=a.init, preset=a.preset, overrides=tuple(a.overrides), tasks=tuple(a.tasks),
-                     device=a.device, val_fraction=a.val_fraction, progress=not a.no_progress)
+                     device=a.device, val_fraction=a.val_fraction, progress=not a.no_progress,
+                     fg_weight=a.fg_weight)
 
 
 def main(argv: list[str] | None = None) -> None:

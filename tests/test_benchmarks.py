@@ -53,3 +53,16 @@ def test_object_mask_and_object_psnr():
     mse = 4 * (50**2 + 70**2 + 30**2) / 3 / 6  # error only on 4 of the 6 object pixels
     assert wm.object_psnr(blurred, real) == pytest.approx(10 * math.log10(255**2 / mse), rel=1e-5)
     assert wm.psnr(blurred, real).item() > wm.object_psnr(blurred, real)  # whole-frame PSNR hides it
+
+
+def test_tokenizer_ablation_reports_frame_and_cube_psnr(pushcube_demos):
+    import math
+
+    import tokenizer_ablation
+
+    out = tokenizer_ablation.main(["--data", str(pushcube_demos), "--preset", "tiny", "--set", "image_size=64", "--steps", "3", "--batch-size", "4",
+                                   "--chunk-size", "2", "--val-fraction", "0.5", "--json"])
+    held_out = out["after"][str(pushcube_demos)]
+    assert out["train_frames"] > 0 and held_out["frames"] > 0  # one demo trains, the other is held out
+    assert math.isfinite(held_out["psnr"]) and held_out["psnr"] != out["before"][str(pushcube_demos)]["psnr"]
+    assert math.isfinite(held_out["object_psnr"])  # at 64 px the blue cube's pixels are found in every report

@@ -104,19 +104,35 @@ class FrameTokenizer(nn.Module):
         img = x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
         return img.reshape(*lead, *img.shape[1:])
 
-    def loss(self, frames: torch.Tensor, kl_weight: float = 1e-6, grad_weight: float = 0.5) -> dict[str, torch.Tensor]:
+    def loss(self, frames: torch.Tensor, kl_weight: float = 1e-6, grad_weight: float = 0.5,
+             background: torch.Tensor | None = None, fg_weight: float = 0.0,
+             fg_threshold: float = 0.1) -> dict[str, torch.Tensor]:
         """Autoencoder training loss on uint8 frames (N, H, W, 3): L1 + MSE reconstruction, an
         image-gradient term (a cheap stand-in for a perceptual loss that keeps edges sharp; LPIPS
-        would need downloaded weights) and a small KL term. Returns ``loss``, ``l1``, ``mse``, ``kl``."""
+        would need downloaded weights) and a small KL term. Returns ``loss``, and the unweighted
+        ``l1`` and ``mse`` (for logs) and ``kl``.
+
+        Foreground weighting: with a ``background`` frame (H, W, 3) uint8 (the static scene, see
+        :func:`background_frame`) and ``fg_weight`` > 0, every pixel that differs from it by more
+        than ``fg_threshold`` (in [-1, 1] units, any channel) weighs ``1 + fg_weight`` in the L1
+        and MSE terms. The fixed camera sees the same table in every frame, so this is where the
+        arm and the few pixels of the cubes are; unweighted, the loss lets them blur away.
+        """
         self.check_frames(frames)
         x = self.to_pixels(frames.to(self.latent_mean.device))
         post = self.vae.encode(x).latent_dist
         rec = self.vae.decode(post.sample()).sample
-        l1 = (rec - x).abs().mean()
-        mse = (rec - x).pow(2).mean()
+        err = rec - x
+        if background is not None and fg_weight > 0:
+            bg = self.to_pixels(background.to(x.device)[None])
+            fg = ((x - bg).abs().amax(1, keepdim=True) > fg_threshold).float()  # (N, 1, H, W)
+            w = (1.0 + fg_weight * fg) / (1.0 + fg_weight * fg.mean())  # mean weight 1: same loss scale
+        else:
+            w = torch.ones_like(err[:, :1])
         grad = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
         kl = post.kl().mean()
-        return {"loss": l1 + mse + grad_weight * grad + kl_weight * kl, "l1": l1, "mse": mse, "kl": kl}
+        loss = (w * err.abs()).mean() + (w * err.pow(2)).mean() + grad_weight * grad + kl_weight * kl
+        return {"loss": loss, "l1": err.abs().mean().detach(), "mse": err.pow(2).mean().detach(), "kl": kl}
 
     @torch.no_grad()
     def fit_latent_stats(self, frames: torch.Tensor | np.ndarray, batch_size: int = 64) -> None:
@@ -128,6 +144,17 @@ class FrameTokenizer(nn.Module):
         self.latent_std.copy_(z.std(1).clamp_min(1e-4))
 
 
+def background_frame(frames: np.ndarray | torch.Tensor, max_frames: int = 2048) -> torch.Tensor:
+    """The static scene of a fixed camera: the per-pixel median of (N, H, W, 3) uint8 frames
+    (an even subsample of at most ``max_frames``) -> (H, W, 3) uint8. Objects placed at random
+    and the moving arm fall out of the median; the table and the walls stay."""
+    frames = torch.as_tensor(frames)
+    if frames.ndim != 4 or len(frames) == 0:
+        raise ValueError(f"background_frame needs frames (N, H, W, 3), got {tuple(frames.shape)}")
+    idx = torch.linspace(0, len(frames) - 1, min(max_frames, len(frames))).long()
+    return frames[idx].median(0).values
+
+
 def train_frame_tokenizer(
     tok: FrameTokenizer,
     frames: np.ndarray | torch.Tensor,
@@ -136,13 +163,15 @@ def train_frame_tokenizer(
     lr: float = 1e-3,
     kl_weight: float = 1e-6,
     grad_weight: float = 0.5,
+    fg_weight: float = 0.0,
     device: str | torch.device = "cpu",
     progress: bool = True,
     log_every: int = 50,
 ) -> dict[str, float]:
     """Train the autoencoder on frames (N, H, W, 3) uint8 with :meth:`FrameTokenizer.loss`
     (single process, in memory; ``par-train tokenizer`` is the resumable, distributed form).
-    Sets the latent statistics at the end.
+    Sets the latent statistics at the end. ``fg_weight`` > 0 weights the pixels that differ from
+    the frames' :func:`background_frame` (see :meth:`FrameTokenizer.loss`).
 
     Returns the final metrics: ``loss``, ``l1``, ``psnr`` (on the last batch), ``seconds``.
     """
@@ -150,13 +179,16 @@ def train_frame_tokenizer(
     tok.check_frames(frames)
     tok.to(device).train()
     opt = torch.optim.AdamW(tok.vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                pct_start=max(0.05, 2 / steps))  # >= 2 warm-up steps
     gen = torch.Generator().manual_seed(0)
+    background = background_frame(frames) if fg_weight > 0 else None
     t0, metrics = time.time(), {}
     bar = tqdm(range(steps), desc="tokenizer", disable=not progress)
     for step in bar:
         idx = torch.randint(0, len(frames), (batch_size,), generator=gen)
-        out = tok.loss(frames[idx], kl_weight=kl_weight, grad_weight=grad_weight)
+        out = tok.loss(frames[idx], kl_weight=kl_weight, grad_weight=grad_weight, background=background,
+                       fg_weight=fg_weight)
         loss, l1, mse = out["loss"], out["l1"], out["mse"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
