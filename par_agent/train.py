@@ -331,12 +331,6 @@ class TokenizerObjective(nn.Module):
                              fg_weight=self.fg_weight)
 
 
-def dataset_frames(ds) -> np.ndarray:
-    """All frames (N, H, W, 3) uint8 of a window dataset or a ConcatDataset of them."""
-    parts = getattr(ds, "datasets", [ds])
-    return np.concatenate([d.frames for d in parts])
-
-
 # ----------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, out_dir: Path | None, step: int,
@@ -421,7 +415,8 @@ def train(args: TrainArgs) -> dict:
     model.to(device).train()
 
     if args.stage == "tokenizer":
-        background = background_frame(dataset_frames(train_set)) if args.fg_weight > 0 else None
+        parts = getattr(train_set, "datasets", [train_set])  # a ConcatDataset when several data sources
+        background = background_frame([d.frames for d in parts]) if args.fg_weight > 0 else None
         objective: nn.Module = TokenizerObjective(model, background, args.fg_weight)
         if background is not None and rank == 0:  # what the weighting treats as the static scene
             imageio.imwrite(stage_dir / "background.png", background.numpy())

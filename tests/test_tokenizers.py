@@ -64,6 +64,10 @@ def test_background_frame_is_the_static_scene():
     bg = background_frame(frames)
     assert bg.dtype == torch.uint8
     torch.testing.assert_close(bg, torch.from_numpy(table))  # the cubes fall out of the median
+    # several datasets' frames: the same frames picked as from their concatenation
+    for max_frames in (40, 2048):
+        torch.testing.assert_close(background_frame([frames[:30], frames[30:]], max_frames),
+                                   background_frame(frames, max_frames))
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         background_frame(np.zeros((32, 32, 3), np.uint8))
 

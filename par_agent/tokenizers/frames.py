@@ -122,17 +122,16 @@ class FrameTokenizer(nn.Module):
         x = self.to_pixels(frames.to(self.latent_mean.device))
         post = self.vae.encode(x).latent_dist
         rec = self.vae.decode(post.sample()).sample
-        err = rec - x
+        abs_err, sq_err = (rec - x).abs(), (rec - x).pow(2)
+        w: torch.Tensor | float = 1.0
         if background is not None and fg_weight > 0:
             bg = self.to_pixels(background.to(x.device)[None])
             fg = ((x - bg).abs().amax(1, keepdim=True) > fg_threshold).float()  # (N, 1, H, W)
             w = (1.0 + fg_weight * fg) / (1.0 + fg_weight * fg.mean())  # mean weight 1: same loss scale
-        else:
-            w = torch.ones_like(err[:, :1])
         grad = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
         kl = post.kl().mean()
-        loss = (w * err.abs()).mean() + (w * err.pow(2)).mean() + grad_weight * grad + kl_weight * kl
-        return {"loss": loss, "l1": err.abs().mean().detach(), "mse": err.pow(2).mean().detach(), "kl": kl}
+        loss = (w * abs_err).mean() + (w * sq_err).mean() + grad_weight * grad + kl_weight * kl
+        return {"loss": loss, "l1": abs_err.mean().detach(), "mse": sq_err.mean().detach(), "kl": kl}
 
     @torch.no_grad()
     def fit_latent_stats(self, frames: torch.Tensor | np.ndarray, batch_size: int = 64) -> None:
@@ -144,15 +143,22 @@ class FrameTokenizer(nn.Module):
         self.latent_std.copy_(z.std(1).clamp_min(1e-4))
 
 
-def background_frame(frames: np.ndarray | torch.Tensor, max_frames: int = 2048) -> torch.Tensor:
+def background_frame(frames: np.ndarray | torch.Tensor | list, max_frames: int = 2048) -> torch.Tensor:
     """The static scene of a fixed camera: the per-pixel median of (N, H, W, 3) uint8 frames
     (an even subsample of at most ``max_frames``) -> (H, W, 3) uint8. Objects placed at random
-    and the moving arm fall out of the median; the table and the walls stay."""
-    frames = torch.as_tensor(frames)
-    if frames.ndim != 4 or len(frames) == 0:
-        raise ValueError(f"background_frame needs frames (N, H, W, 3), got {tuple(frames.shape)}")
-    idx = torch.linspace(0, len(frames) - 1, min(max_frames, len(frames))).long()
-    return frames[idx].median(0).values
+    and the moving arm fall out of the median; the table and the walls stay. ``frames`` may also
+    be a list of such arrays (e.g. one per dataset), read as their concatenation without copying it."""
+    parts = [torch.as_tensor(f) for f in (frames if isinstance(frames, (list, tuple)) else [frames])]
+    total = sum(len(f) for f in parts)
+    if total == 0 or any(f.ndim != 4 for f in parts):
+        raise ValueError(f"background_frame needs frames (N, H, W, 3), got {[tuple(f.shape) for f in parts]}")
+    idx = torch.linspace(0, total - 1, min(max_frames, total)).long()
+    lengths = torch.tensor([len(f) for f in parts])
+    ends = lengths.cumsum(0)
+    which = torch.searchsorted(ends, idx, right=True)  # the part each index falls in
+    starts = (ends - lengths).tolist()
+    picked = torch.stack([parts[p][i - starts[p]] for p, i in zip(which.tolist(), idx.tolist())])
+    return picked.median(0).values
 
 
 def train_frame_tokenizer(
