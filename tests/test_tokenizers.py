@@ -72,6 +72,13 @@ def test_background_frame_is_the_static_scene():
         background_frame(np.zeros((32, 32, 3), np.uint8))
 
 
+def test_train_frame_tokenizer_rejects_too_few_steps():
+    frames, _, _ = small_object_scenes(8)
+    with pytest.raises(ValueError, match="steps >= 3, got 2"):
+        train_frame_tokenizer(FrameTokenizer(PARConfig.named("tiny")), frames, steps=2, progress=False)
+    train_frame_tokenizer(FrameTokenizer(PARConfig.named("tiny")), frames, steps=3, batch_size=2, progress=False)
+
+
 def test_foreground_weight_keeps_small_objects():
     """The same training budget with and without foreground weighting (a stride-4 autoencoder,
     as the cpu64 protocol uses): unweighted, the 2x2 cubes blur into the table (mean error

@@ -122,7 +122,8 @@ class FrameTokenizer(nn.Module):
         x = self.to_pixels(frames.to(self.latent_mean.device))
         post = self.vae.encode(x).latent_dist
         rec = self.vae.decode(post.sample()).sample
-        abs_err, sq_err = (rec - x).abs(), (rec - x).pow(2)
+        err = rec - x
+        abs_err, sq_err = err.abs(), err.pow(2)
         w: torch.Tensor | float = 1.0
         if background is not None and fg_weight > 0:
             bg = self.to_pixels(background.to(x.device)[None])
@@ -181,6 +182,8 @@ def train_frame_tokenizer(
 
     Returns the final metrics: ``loss``, ``l1``, ``psnr`` (on the last batch), ``seconds``.
     """
+    if steps < 3:  # OneCycleLR needs a warm-up and an annealing phase of at least one step each
+        raise ValueError(f"train_frame_tokenizer needs steps >= 3, got {steps}")
     frames = torch.as_tensor(frames)
     tok.check_frames(frames)
     tok.to(device).train()
