@@ -8,6 +8,8 @@
 #   TASKS="PickCube-v1 StackCube-v1" SCALE=cpu bash examples/train_protocol.sh   # fine-tune/evaluate some tasks
 #   TOKENIZER_INIT=runs/pushcube-cpu64/tokenizer/final TOK_SET= SCALE=cpu bash ...  # warm-start the tokenizer
 #   FG=0 ...                                        # tokenizer without foreground weighting (par-train --fg-weight)
+#   NUM_DEMOS=1000 TASKS=PickCube-v1 SUFFIX=_1000demos SCALE=cpu bash ...  # more demos for the fine-tuned tasks,
+#                                                   # report as results/pickcube_cpu_1000demos.json
 #
 # Every step resumes: par-collect tops a dataset up to --num-demos, par-train continues from the
 # stage's latest checkpoint, and a finished stage (its final/ folder exists) is skipped.
@@ -40,12 +42,20 @@ RUN=${RUN:-runs/protocol-$SCALE}
 RESULTS=${RESULTS:-results}
 mkdir -p "$RESULTS"
 
+done_stage() { [ -f "$1/final/model.safetensors" ]; }
+
+# demos: NUM_DEMOS (if set) for the tasks to fine-tune; the table's number for the other tasks,
+# which are only needed (and collected) while the shared tokenizer / video model are not trained
 for t in $ALL_TASKS; do
-  par-collect --task "$t" --num-demos "${DEMOS[$t]}" --out "$DATA" --camera-size "$CAM" --workers 2 --no-progress
+  n=${DEMOS[$t]}
+  if [[ " $TASKS " == *" $t "* ]]; then
+    n=${NUM_DEMOS:-$n}
+  elif done_stage "$RUN/video/pretrain-video"; then
+    continue
+  fi
+  par-collect --task "$t" --num-demos "$n" --out "$DATA" --camera-size "$CAM" --workers 2 --no-progress
 done
 ALL_DATA=$(for t in $ALL_TASKS; do echo "$DATA/$t"; done)
-
-done_stage() { [ -f "$1/final/model.safetensors" ]; }
 
 # 1. frame tokenizer on all tasks' frames
 if ! done_stage "$RUN/video/tokenizer"; then
@@ -66,5 +76,5 @@ for t in $TASKS; do
       --steps "$FT" --batch-size "$BS" --lr "$FT_LR" --warmup 100 --ema 0.999 --ckpt-every 250 --val-every 750
   fi
   par-eval --policy "$RUN/$name/finetune/final" --task "$t" --episodes "${EPISODES:-${EPS[$t]}}" --num-envs 2 --videos 2 \
-    --video-dir "$RUN/$name/videos" --out "$RESULTS/${name}_$SCALE.json"
+    --video-dir "$RUN/$name/videos" --out "$RESULTS/${name}_$SCALE${SUFFIX:-}.json"
 done
