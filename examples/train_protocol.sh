@@ -10,6 +10,7 @@
 #   FG=0 ...                                        # tokenizer without foreground weighting (par-train --fg-weight)
 #   NUM_DEMOS=1000 TASKS=PickCube-v1 SUFFIX=_1000demos SCALE=cpu bash ...  # more demos for the fine-tuned tasks,
 #                                                   # report as results/pickcube_cpu_1000demos.json
+#   EPISODES=250 ...                                # evaluation episodes for every task (default: the EPS table below)
 #
 # Every step resumes: par-collect tops a dataset up to --num-demos, par-train continues from the
 # stage's latest checkpoint, and a finished stage (its final/ folder exists) is skipped.
