@@ -55,7 +55,8 @@ def parse_seeds(text: str | None, n: int) -> list[int]:
 
 def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode_steps: int | None = None,
              videos: int = 0, video_dir: str | Path | None = None, deterministic: bool = True,
-             vec_env_cls: str = "dummy", progress: bool = True, camera_size: int | None = None) -> dict[str, Any]:
+             vec_env_cls: str = "dummy", progress: bool = True, camera_size: int | None = None,
+             obs_mode: str = "rgb") -> dict[str, Any]:
     """Run one episode per seed; returns the report (see module docstring).
 
     ``policy`` is any object with SB3's ``predict(obs, state, episode_start, deterministic)``;
@@ -67,7 +68,7 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
     num_envs = max(1, min(num_envs, len(seeds)))
     size = camera_size or getattr(getattr(policy, "cfg", None), "image_size", 128)
     vec = make_vec_env(task, num_envs, seed=seeds[0], vec_env_cls=vec_env_cls, max_episode_steps=max_steps,
-                       camera_size=size)
+                       camera_size=size, obs_mode=obs_mode)
     t_start = time.time()
     queue = list(enumerate(seeds))
     slot: list[tuple[int, int] | None] = [None] * num_envs  # (episode index, seed) per env
@@ -146,7 +147,7 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
         "subgoal_rates": {k: sum(r.get("reached", {}).get(k, False) for r in results.values()) / n for k in flags},
         "per_seed": [results[j] for j in sorted(results)],
         "env": {"max_episode_steps": max_steps, "num_envs": num_envs, "control_mode": "pd_joint_pos",
-                "obs_mode": "rgb", "camera_size": size, "vec_env": vec_env_cls},
+                "obs_mode": obs_mode, "camera_size": size, "vec_env": vec_env_cls},
         "wall_time_s": time.time() - t_start,
         "policy_ms_per_control_step": 1000 * policy_time / max(control_steps, 1),
         "deterministic": deterministic,
@@ -172,6 +173,9 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--no-kv-cache", action="store_true")
     p.add_argument("--stochastic", action="store_true", help="sample with fresh noise (default: deterministic)")
+    p.add_argument("--obs-mode", default="rgb",
+                   help="ManiSkill observation mode; 'rgb+state_dict' adds the task's privileged state "
+                        "(for a model trained on benchmarks/privileged_state.py's data)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
 
@@ -187,7 +191,7 @@ def run(argv: list[str] | None = None) -> dict:
     seeds = parse_seeds(a.seeds, a.episodes)  # an explicit --seeds list sets the number of episodes
     report = evaluate(policy, task, seeds, num_envs=a.num_envs, max_episode_steps=a.max_episode_steps,
                       videos=a.videos, video_dir=a.video_dir, deterministic=not a.stochastic, vec_env_cls=a.vec,
-                      progress=not a.no_progress)
+                      progress=not a.no_progress, obs_mode=a.obs_mode)
     report["policy"] = {"name": a.policy, "num_inference_steps": policy.model.num_inference_steps,
                         "use_kv_cache": policy.model.use_kv_cache, "chunk_size": policy.cfg.chunk_size,
                         "history": policy.cfg.history, "device": a.device}

@@ -124,7 +124,9 @@ class PARPolicy(BasePolicy):
             raise ValueError(f"observation['rgb'] must have shape ({s}, {s}, 3) or (n_envs, {s}, {s}, 3), got {rgb.shape}")
         want = (rgb.shape[0], self.cfg.state_dim) if batched else (self.cfg.state_dim,)
         if st.shape != want:
-            raise ValueError(f"observation['state'] must have shape {want}, got {st.shape}")
+            raise ValueError(f"observation['state'] must have shape {want}, got {st.shape} (its size depends on "
+                             "the task and on the env's obs_mode: envs.flatten_state; a model trained on "
+                             "privileged state needs make_env(..., obs_mode='rgb+state_dict'))")
         if not np.issubdtype(st.dtype, np.floating):
             raise ValueError(f"observation['state'] must have a float dtype (float32), got {st.dtype}")
         if not np.isfinite(st).all():

@@ -66,3 +66,61 @@ def test_tokenizer_ablation_reports_frame_and_cube_psnr(pushcube_demos):
     assert out["train_frames"] > 0 and held_out["frames"] > 0  # one demo trains, the other is held out
     assert math.isfinite(held_out["psnr"]) and held_out["psnr"] != out["before"][str(pushcube_demos)]["psnr"]
     assert math.isfinite(held_out["object_psnr"])  # at 64 px the blue cube's pixels are found in every report
+
+
+def test_privileged_state_matches_a_live_env(pushcube_demos, tmp_path):
+    """The privileged fields written for each demo step are what ManiSkill's rgb+state_dict mode
+    shows at that step, the dataset picks them up, a replay of the wrong states is refused, and a
+    model fine-tuned on them acts through par-eval --obs-mode rgb+state_dict (and only there)."""
+    import json
+
+    import h5py
+    import numpy as np
+
+    import privileged_state
+    from envs import flatten_state, make_env
+    from envs.make import _gym_make
+    from par_agent.data.compact import load_episodes_json, read_group
+    from par_agent.data.dataset import PhysicalStepDataset
+
+    out = privileged_state.main(["--data", str(pushcube_demos), "--out", str(tmp_path / "priv"), "--no-progress"])
+    assert out["reports"][0]["added"] == ["goal_pos", "obj_pose"]  # PushCube's state-mode extras
+    dst = tmp_path / "priv" / pushcube_demos.name
+    meta = load_episodes_json(dst)
+    assert meta["env_info"]["env_kwargs"]["obs_mode"] == "rgb+state_dict"
+
+    env = make_env("PushCube-v1", obs_mode="rgb+state_dict", camera_size=128)
+    ep = meta["episodes"][0]
+    obs, _ = env.reset(seed=ep["episode_seed"])
+    ds = PhysicalStepDataset(dst, history=2, chunk_size=8, val_fraction=0.0)
+    assert ds.states.shape[-1] == obs["state"].shape[-1] == 25 + 3 + 7
+    with h5py.File(dst) as f:
+        first = read_group(f[f"traj_{ep['episode_id']}"]["obs"])
+    np.testing.assert_allclose(flatten_state(first)[0], obs["state"], atol=1e-4)
+    env.close()
+
+    # the states of another episode disagree with this episode's stored tcp_pose
+    with h5py.File(pushcube_demos) as f:
+        names = sorted(k for k in f if k.startswith("traj_"))
+        states, extra = read_group(f[names[1]]["env_states"]), read_group(f[names[0]]["obs/extra"])
+    senv = _gym_make("PushCube-v1", obs_mode="state_dict", render_backend="none", sim_backend="cpu")
+    senv.reset(seed=0)
+    with pytest.raises(ValueError, match="tcp_pose"):
+        privileged_state.privileged_extra(senv, states, extra)
+    senv.close()
+
+    # the pipeline the docs give: par-train finetune on the privileged demos, par-eval --obs-mode
+    from par_agent.evaluate import run as eval_main
+    from par_agent.train import main as train_main
+
+    run = tmp_path / "run"
+    train_main(["finetune", "--data", str(dst), "--out", str(run), "--steps", "2", "--preset", "tiny",
+                "--batch-size", "2", "--no-progress", "--val-every", "1000"])
+    report = tmp_path / "report.json"
+    eval_main(["--policy", str(run / "finetune" / "final"), "--task", "PushCube-v1", "--episodes", "1",
+               "--max-episode-steps", "3", "--obs-mode", "rgb+state_dict", "--out", str(report), "--no-progress"])
+    r = json.loads(report.read_text())
+    assert r["env"]["obs_mode"] == "rgb+state_dict" and r["per_seed"][0]["length"] == 3
+    with pytest.raises(ValueError, match="obs_mode='rgb\\+state_dict'"):  # the plain env's state is too short
+        eval_main(["--policy", str(run / "finetune" / "final"), "--task", "PushCube-v1", "--episodes", "1",
+                   "--max-episode-steps", "3", "--no-progress"])
