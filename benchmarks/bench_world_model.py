@@ -61,12 +61,39 @@ def object_psnr(pred: torch.Tensor, real: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def action_error(model: PhysicalAutoregressiveModel, ds: PhysicalStepDataset, batch_size: int = 64) -> dict:
+    """Action error over every window of ``ds``, as par-train's ``val/action_mse`` (which uses 16
+    windows): mean squared error of the raw actions (joint targets in rad, gripper target) that
+    ``sample_window`` infers for block n from the context and the *real* next frame F_{n+1}, so it
+    measures the inverse-dynamics read-out, not the imagined frame the policy acts from. All
+    dimensions, the joints (all but the last), the gripper (the last), and per block of the window.
+    Deterministic sampling (seed 0)."""
+    g = torch.Generator().manual_seed(0)
+    sq, masks = [], []
+    for i in range(0, len(ds), batch_size):
+        items = [ds[j] for j in range(i, min(i + batch_size, len(ds)))]
+        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        pred = model.sample_window(batch, generator=g).get("actions")
+        if pred is None:
+            raise ValueError("this checkpoint has no action head (a video model): --actions needs a fine-tuned one")
+        valid = batch["frame_mask"][:, 1:] & batch["frame_mask"][:, :-1]
+        sq.append((pred - batch["actions"]) ** 2)  # (B, T-1, K, D_a)
+        masks.append(batch["action_mask"] & valid[..., None])  # (B, T-1, K)
+    sq, m = torch.cat(sq), torch.cat(masks)
+    per_block = [sq[:, t][m[:, t]].mean().item() for t in range(sq.shape[1]) if m[:, t].any()]
+    return {"n_windows": len(ds), "mse": sq[m].mean().item(), "mse_joints": sq[m][:, :-1].mean().item(),
+            "mse_gripper": sq[m][:, -1].mean().item(), "mse_per_block": per_block}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="par-pushcube")
     p.add_argument("--data", required=True, help=".h5 / data folder with demonstrations of the model's task")
     p.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--starts", type=int, default=16, help="open-loop start points (spread over val episodes)")
+    p.add_argument("--actions", action="store_true",
+                   help="also the action error over every held-out window (normalised units, as val/action_mse)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     model = PhysicalAutoregressiveModel.from_pretrained(args.checkpoint)
@@ -104,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
                 real = w["frames"][h:h + 1]
                 per_h[h].append((psnr(f, real).item(), ssim(f, real).item()))
             model.commit(st, w["actions"][h - 1:h], f, w["state"][h:h + 1])
+    if args.actions:
+        out["actions"] = action_error(model, ds)
     out["open_loop"] = {str(h): {"psnr": sum(v[0] for v in vals) / len(vals), "ssim": sum(v[1] for v in vals) / len(vals),
                                  "n": len(vals)} for h, vals in per_h.items() if vals}
     if args.json:
@@ -115,6 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
         o = out["object_psnr"]
         print(f"objects: {out['object_pixels_per_frame']:.1f} pixels per real frame; PSNR on them: tokenizer "
               f"reconstruction {o['tokenizer']:.2f} dB, one step ahead {o['one_step']:.2f} dB")
+        if "actions" in out:
+            a = out["actions"]
+            print(f"actions given the real next frame, {a['n_windows']} held-out windows: MSE {a['mse']:.5f} (joints "
+                  f"{a['mse_joints']:.5f}, gripper {a['mse_gripper']:.5f}); MSE per block of the window "
+                  + ", ".join(f"{v:.5f}" for v in a["mse_per_block"]))
         for h, v in out["open_loop"].items():
             print(f"open loop, {h} blocks ({int(h) * cfg.chunk_size} control steps): PSNR {v['psnr']:.2f} dB, "
                   f"SSIM {v['ssim']:.3f} over {v['n']} rollouts")

@@ -124,3 +124,12 @@ def test_privileged_state_matches_a_live_env(pushcube_demos, tmp_path):
     with pytest.raises(ValueError, match="obs_mode='rgb\\+state_dict'"):  # the plain env's state is too short
         eval_main(["--policy", str(run / "finetune" / "final"), "--task", "PushCube-v1", "--episodes", "1",
                    "--max-episode-steps", "3", "--no-progress"])
+
+    # bench_world_model --actions on the same model: every held-out window, joints and gripper apart
+    import bench_world_model as wm
+
+    wmo = wm.main(["--checkpoint", str(run / "finetune" / "final"), "--data", str(dst), "--horizons", "1",
+                   "--starts", "1", "--actions", "--json"])
+    a = wmo["actions"]
+    assert a["n_windows"] > 0 and np.isfinite(a["mse"]) and len(a["mse_per_block"]) >= 1
+    assert a["mse"] == pytest.approx((7 * a["mse_joints"] + a["mse_gripper"]) / 8, rel=1e-4)
