@@ -61,7 +61,6 @@ def object_psnr(pred: torch.Tensor, real: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def action_error(model: PhysicalAutoregressiveModel, ds: PhysicalStepDataset, batch_size: int = 64) -> dict:
     """Action error over every window of ``ds``, as par-train's ``val/action_mse`` (which uses 16
     windows): mean squared error of the raw actions (joint targets in rad, gripper target) that
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--horizons", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--starts", type=int, default=16, help="open-loop start points (spread over val episodes)")
     p.add_argument("--actions", action="store_true",
-                   help="also the action error over every held-out window (normalised units, as val/action_mse)")
+                   help="also the action error over every held-out window (raw actions, as val/action_mse)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     model = PhysicalAutoregressiveModel.from_pretrained(args.checkpoint)
