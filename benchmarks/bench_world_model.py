@@ -21,6 +21,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import default_collate
 
 from par_agent.data.dataset import PhysicalStepDataset
 from par_agent.models import PhysicalAutoregressiveModel
@@ -72,7 +73,7 @@ def action_error(model: PhysicalAutoregressiveModel, ds: PhysicalStepDataset, ba
     sq, masks = [], []
     for i in range(0, len(ds), batch_size):
         items = [ds[j] for j in range(i, min(i + batch_size, len(ds)))]
-        batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        batch = default_collate(items)
         pred = model.sample_window(batch, generator=g).get("actions")
         if pred is None:
             raise ValueError("this checkpoint has no action head (a video model): --actions needs a fine-tuned one")
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # one step ahead, teacher forced, every window of the val split that starts at a block 0 of an episode
     items = [ds[i] for i in range(len(ds)) if int(ds._windows[i][1]) == 0]
-    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    batch = default_collate(items)
     pred = tok.decode(model.sample_window(batch, generator=g)["frame_tokens"])
     valid = batch["frame_mask"][:, 1:] & batch["frame_mask"][:, :-1]
     real, fake = batch["frames"][:, 1:][valid], pred[valid]

@@ -28,8 +28,9 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from envs.make import _gym_make
+from envs.make import gym_make
 from par_agent.data.compact import load_episodes_json, open_h5, read_group
+from par_agent.data.dataset import demo_h5_files
 
 
 def privileged_extra(env, env_states: dict, stored_extra: dict, atol: float = 1e-4) -> dict[str, np.ndarray]:
@@ -80,7 +81,7 @@ def convert(src: Path, dst: Path, atol: float = 1e-4, progress: bool = True) -> 
     if not task:
         raise ValueError(f"{src}: its .json names no env_info.env_id; cannot tell the task")
     kwargs = info.get("env_kwargs", {})
-    env = _gym_make(task, obs_mode="state_dict", render_backend="none", sim_backend="cpu",
+    env = gym_make(task, obs_mode="state_dict", render_backend="none", sim_backend="cpu",
                     control_mode=kwargs.get("control_mode", "pd_joint_pos"))
     seeds = {f"traj_{e['episode_id']}": e.get("episode_seed") for e in meta.get("episodes", [])}
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     src = Path(a.data)
-    files = [src] if src.is_file() else sorted(h for h in src.rglob("*.h5") if "chunks" not in h.parts)
+    files = demo_h5_files(src)
     if not files:
         raise SystemExit(f"{src}: no .h5 demo files")
     out = Path(a.out)

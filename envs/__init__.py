@@ -5,6 +5,7 @@ from envs.make import (
     SUPPORTED_TASKS,
     control_freq,
     default_max_episode_steps,
+    gym_make,
     make_env,
     make_vec_env,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "control_freq",
     "default_max_episode_steps",
     "flatten_state",
+    "gym_make",
     "make_env",
     "make_vec_env",
     "state_dim",

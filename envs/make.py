@@ -52,8 +52,10 @@ def _is_vulkan_error(err: BaseException) -> bool:
     return any(s in msg for s in ("vk::", "vulkan", "physical device", "incompatibledriver", "render device"))
 
 
-def _gym_make(task: str, **kwargs) -> gym.Env:
-    """``gym.make`` that turns a missing Vulkan driver into an actionable ``RuntimeError``."""
+def gym_make(task: str, **kwargs) -> gym.Env:
+    """``gym.make`` of a ManiSkill task, with no wrappers, that turns a missing Vulkan driver into an
+    actionable ``RuntimeError``. For tools that need the raw env (for example a state-only one,
+    ``obs_mode="state_dict", render_backend="none"``); agents want :func:`make_env`."""
     import mani_skill.envs  # noqa: F401
 
     try:
@@ -134,7 +136,7 @@ def make_env(
             "ManiSkill simulates several envs in one process only on the GPU; "
             "on CPU use envs.make_vec_env(task, n_envs) (one process/env per copy)"
         )
-    env = _gym_make(
+    env = gym_make(
         task,
         num_envs=num_envs,
         obs_mode=obs_mode,

@@ -62,10 +62,10 @@ def state_dim(task: str) -> int:
     """Size D_s of the state vector for ``task`` (builds a state-only env for unknown tasks)."""
     if task in STATE_DIMS:
         return STATE_DIMS[task]
-    from envs.make import _check_task, _gym_make  # local: avoids importing ManiSkill eagerly
+    from envs.make import _check_task, gym_make  # local: avoids importing ManiSkill eagerly
 
     _check_task(task)
-    env = _gym_make(task, obs_mode="state_dict", render_backend="none")
+    env = gym_make(task, obs_mode="state_dict", render_backend="none")
     try:
         obs, _ = env.reset(seed=0)
         return int(flatten_state(obs).shape[-1])

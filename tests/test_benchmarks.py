@@ -79,7 +79,7 @@ def test_privileged_state_matches_a_live_env(pushcube_demos, tmp_path):
 
     import privileged_state
     from envs import flatten_state, make_env
-    from envs.make import _gym_make
+    from envs.make import gym_make
     from par_agent.data.compact import load_episodes_json, read_group
     from par_agent.data.dataset import PhysicalStepDataset
 
@@ -103,7 +103,7 @@ def test_privileged_state_matches_a_live_env(pushcube_demos, tmp_path):
     with h5py.File(pushcube_demos) as f:
         names = sorted(k for k in f if k.startswith("traj_"))
         states, extra = read_group(f[names[1]]["env_states"]), read_group(f[names[0]]["obs/extra"])
-    senv = _gym_make("PushCube-v1", obs_mode="state_dict", render_backend="none", sim_backend="cpu")
+    senv = gym_make("PushCube-v1", obs_mode="state_dict", render_backend="none", sim_backend="cpu")
     senv.reset(seed=0)
     with pytest.raises(ValueError, match="tcp_pose"):
         privileged_state.privileged_extra(senv, states, extra)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from envs import flatten_state
-from par_agent.data.dataset import PhysicalStepDataset, split_episodes
+from par_agent.data.dataset import PhysicalStepDataset, demo_h5_files, split_episodes
 
 
 def write_fake_h5(path, lengths, d_a=3, hw=8, seed=0, rgb=True):
@@ -175,6 +175,20 @@ def test_compact_folder_source_matches_h5(pushcube_demos, tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad inputs
+
+
+def test_folder_source_skips_collect_chunks(tmp_path):
+    """A folder is read as every .h5 below it except par-collect's chunks/ (already merged)."""
+    (tmp_path / "A" / "chunks").mkdir(parents=True)
+    (tmp_path / "B").mkdir()
+    a = write_fake_h5(tmp_path / "A" / "trajectory.h5", [5, 6])
+    write_fake_h5(tmp_path / "A" / "chunks" / "chunk_0.h5", [5])
+    b = write_fake_h5(tmp_path / "B" / "trajectory.h5", [7])
+    (tmp_path / "B" / "notes.txt").write_text("not a demo")
+    assert demo_h5_files(tmp_path) == [a, b]
+    assert demo_h5_files(a) == [a] and demo_h5_files(tmp_path / "B" / "notes.txt") == []
+    ds = PhysicalStepDataset(tmp_path, history=2, chunk_size=2, split="all", image_size=8)
+    assert ds.num_episodes == 3
 
 
 def test_missing_file_names_it(tmp_path):

@@ -77,7 +77,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
         import mani_skill.envs  # noqa: F401
         from mani_skill.utils.wrappers.record import RecordEpisode
 
-        from envs.make import _gym_make, _keep_renderer_warm
+        from envs.make import gym_make, _keep_renderer_warm
 
         solve = _solutions()[task]
         seed = base_seed + worker_id
@@ -85,7 +85,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
         while done < quota:
             n_chunk = min(chunk_size, quota - done)
             name = f"chunk_s{seed:08d}_w{worker_id}"
-            env = _gym_make(
+            env = gym_make(
                 task, obs_mode=OBS_MODE, control_mode=CONTROL_MODE, render_mode="rgb_array",
                 sensor_configs=dict(width=camera_size, height=camera_size),
                 max_episode_steps=max_episode_steps, sim_backend="cpu",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,15 @@ def _video_episodes(paths: list[Path]) -> list[_Episode]:
     return [_Episode(f"{p.parent.name}/{p.name}", str(p), loader(p), False, False) for p in paths]
 
 
+def demo_h5_files(path: str | os.PathLike) -> list[Path]:
+    """The ManiSkill demo files under ``path`` (itself if it is a .h5 file), sorted. ``par-collect``'s
+    unmerged ``chunks/`` folders are skipped: their demos are also in the merged file beside them."""
+    path = Path(path)
+    if path.is_file():
+        return [path] if path.suffix == ".h5" else []
+    return sorted(p for p in path.rglob("*.h5") if "chunks" not in p.parts)
+
+
 def _episodes_from_path(path, cameras, frames_only: bool) -> list[_Episode]:
     path = Path(path)
     if not path.exists():
@@ -157,7 +167,7 @@ def _episodes_from_path(path, cameras, frames_only: bool) -> list[_Episode]:
         raise ValueError(f"{path}: unsupported file type (expected a ManiSkill .h5, a compact folder or videos)")
     if is_compact_dir(path):
         return _compact_episodes(path, cameras)
-    h5s = sorted(p for p in path.rglob("*.h5") if "chunks" not in p.parts)
+    h5s = demo_h5_files(path)
     if h5s:
         return [ep for h in h5s for ep in _h5_episodes(h, cameras)]
     compacts = sorted(p.parent for p in path.rglob("meta.json") if is_compact_dir(p.parent))
