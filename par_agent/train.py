@@ -255,7 +255,7 @@ def adapt_model(model: PhysicalAutoregressiveModel, **changes) -> tuple[Physical
     own = new.state_dict()
     reinit = []
     for k, v in model.state_dict().items():
-        if k == "task_emb.weight":
+        if k == "task_emb.weight" and own[k].shape[1:] == v.shape[1:]:
             for i, t in enumerate(new_cfg.task_names):
                 if t in old_cfg.task_names:
                     own[k][i] = v[old_cfg.task_names.index(t)]

@@ -167,6 +167,13 @@ def test_adapt_model_keeps_fitting_weights_and_task_rows():
     kept = [k for k in sd if k not in reinit and k != "task_emb.weight"]
     assert kept and all(torch.equal(sd[k], old[k]) for k in kept)
     assert adapt_model(m) == (m, [])  # nothing to change: the same object
+    # a wider backbone (a model-size change on a pretrained tokenizer): the tokenizer is kept,
+    # every tensor of the old width (task rows included) starts fresh
+    wide, reinit = adapt_model(m, width=m.cfg.width * 2)
+    assert wide.cfg.width == 2 * m.cfg.width and "task_emb.weight" in reinit
+    assert "frame_tokenizer.vae.encoder.conv_in.weight" not in reinit
+    assert torch.equal(wide.state_dict()["frame_tokenizer.vae.encoder.conv_in.weight"],
+                       old["frame_tokenizer.vae.encoder.conv_in.weight"])
     with pytest.raises(ValueError, match="unknown task"):
         m.cfg.task_id("D-v1")
 
