@@ -82,7 +82,7 @@ def convert(src: Path, dst: Path, atol: float = 1e-4, progress: bool = True) -> 
         raise ValueError(f"{src}: its .json names no env_info.env_id; cannot tell the task")
     kwargs = info.get("env_kwargs", {})
     env = gym_make(task, obs_mode="state_dict", render_backend="none", sim_backend="cpu",
-                    control_mode=kwargs.get("control_mode", "pd_joint_pos"))
+                   control_mode=kwargs.get("control_mode", "pd_joint_pos"))
     seeds = {f"traj_{e['episode_id']}": e.get("episode_seed") for e in meta.get("episodes", [])}
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
