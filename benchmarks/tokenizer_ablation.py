@@ -26,7 +26,7 @@ import torch
 from par_agent.config import PARConfig
 from par_agent.data.dataset import PhysicalStepDataset
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.tokenizers import FrameTokenizer, train_frame_tokenizer
+from par_agent.tokenizers import FrameTokenizer, reconstruct, train_frame_tokenizer
 from par_agent.train import parse_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,10 +39,9 @@ def split_frames(path: str, split: str, image_size: int, chunk_size: int, val_fr
                                frames_only=True, val_fraction=val_fraction).frames
 
 
-@torch.no_grad()
 def reconstruction_report(tok: FrameTokenizer, frames: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
     """Whole-frame and cube-pixel PSNR (dB) of encode -> decode over (N, H, W, 3) uint8 frames."""
-    rec = torch.cat([tok.decode(tok.encode(frames[i:i + batch_size])) for i in range(0, len(frames), batch_size)])
+    rec = reconstruct(tok, frames, batch_size)
     return {"psnr": psnr(rec, frames).mean().item(), "object_psnr": object_psnr(rec, frames), "frames": len(frames)}
 
 

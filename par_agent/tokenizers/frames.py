@@ -215,13 +215,15 @@ def train_frame_tokenizer(
 
 
 @torch.no_grad()
-def reconstruction_psnr(tok: FrameTokenizer, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> float:
-    """PSNR (dB, 8-bit) of encode->decode over frames (N, H, W, 3) uint8."""
+def reconstruct(tok: FrameTokenizer, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """encode -> decode of frames (N, H, W, 3) uint8, in batches; returns (N, H, W, 3) uint8 on the CPU."""
     frames = torch.as_tensor(frames)
-    err, n = 0.0, 0
-    for i in range(0, len(frames), batch_size):
-        x = frames[i:i + batch_size]
-        rec = tok.decode(tok.encode(x.to(tok.latent_mean.device))).cpu()
-        err += F.mse_loss(rec.float(), x.float(), reduction="sum").item()
-        n += x.numel()
-    return 10 * math.log10(255.0**2 / max(err / n, 1e-10))
+    return torch.cat([tok.decode(tok.encode(frames[i:i + batch_size].to(tok.latent_mean.device))).cpu()
+                      for i in range(0, len(frames), batch_size)])
+
+
+def reconstruction_psnr(tok: FrameTokenizer, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> float:
+    """PSNR (dB, 8-bit) of encode->decode over frames (N, H, W, 3) uint8, from the MSE of all pixels."""
+    frames = torch.as_tensor(frames)
+    mse = F.mse_loss(reconstruct(tok, frames, batch_size).float(), frames.float()).item()
+    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
