@@ -25,6 +25,7 @@ from torch.utils.data import default_collate
 
 from par_agent.data.dataset import PhysicalStepDataset
 from par_agent.models import PhysicalAutoregressiveModel
+from par_agent.train import action_errors
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -77,9 +78,9 @@ def action_error(model: PhysicalAutoregressiveModel, ds: PhysicalStepDataset, ba
         pred = model.sample_window(batch, generator=g).get("actions")
         if pred is None:
             raise ValueError("this checkpoint has no action head (a video model): --actions needs a fine-tuned one")
-        valid = batch["frame_mask"][:, 1:] & batch["frame_mask"][:, :-1]
-        sq.append((pred - batch["actions"]) ** 2)  # (B, T-1, K, D_a)
-        masks.append(batch["action_mask"] & valid[..., None])  # (B, T-1, K)
+        err, mask = action_errors(pred, batch)
+        sq.append(err)  # (B, T-1, K, D_a)
+        masks.append(mask)  # (B, T-1, K)
     sq, m = torch.cat(sq), torch.cat(masks)
     per_block = [sq[:, t][m[:, t]].mean().item() for t in range(sq.shape[1]) if m[:, t].any()]
     return {"n_windows": len(ds), "mse": sq[m].mean().item(), "mse_joints": sq[m][:, :-1].mean().item(),

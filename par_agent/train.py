@@ -332,6 +332,13 @@ class TokenizerObjective(nn.Module):
 
 
 # ----------------------------------------------------------------------------- validation
+def action_errors(pred_actions: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared action errors (B, T-1, K, D_a) of ``sample_window``'s actions against the window's,
+    and the mask (B, T-1, K) of those that count: real actions between two real frames."""
+    valid = batch["frame_mask"][:, 1:] & batch["frame_mask"][:, :-1]
+    return (pred_actions - batch["actions"]) ** 2, batch["action_mask"] & valid[..., None]
+
+
 @torch.no_grad()
 def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, out_dir: Path | None, step: int,
              max_windows: int = 16) -> dict[str, float]:
@@ -357,9 +364,8 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
         valid = fmask[:, 1:] & fmask[:, :-1]
         out["val/frame_psnr"] = psnr(img, frames[:, 1:], valid)
         if "actions" in pred:
-            am = batch["action_mask"] & valid[..., None]
-            err = ((pred["actions"] - batch["actions"]) ** 2).mean(-1)
-            out["val/action_mse"] = (err[am].mean()).item()
+            sq, am = action_errors(pred["actions"], batch)
+            out["val/action_mse"] = sq.mean(-1)[am].mean().item()
         if out_dir is not None:
             write_validation_video(frames[0, 1:], img[0], out_dir / f"val-{step:08d}.mp4")
     model.train()
