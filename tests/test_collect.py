@@ -1,6 +1,13 @@
 """par-collect end to end (real motion planning, real rendering) and the compact format."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -120,3 +127,57 @@ def test_collect_two_workers(tmp_path):
                  "--chunk-size", "1", "--no-progress"]) == 0
     eps = load_json(str(trajectory_path(tmp_path, "PushCube-v1").with_suffix(".json")))["episodes"]
     assert len(eps) == 4 and len({e["episode_seed"] for e in eps}) == 4
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...), or None if PID is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _running(pid: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"  # a zombie has exited
+
+
+def _workers_of(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        stat = _proc_stat(int(d.name)) if d.name.isdigit() else None
+        if stat is not None and int(stat[1]) == pid and b"spawn_main" in (d / "cmdline").read_bytes():
+            kids.append(int(d.name))
+    return kids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_collect_leaves_no_workers(sig, tmp_path):
+    """Killing par-collect stops its workers: on SIGTERM at once, on SIGKILL after their current attempt.
+
+    An orphaned worker would keep collecting and write the same chunk names as the next run."""
+    from par_agent.data.collect import trajectory_path
+
+    chunks = trajectory_path(tmp_path, "PushCube-v1").parent / "chunks"
+    with open(tmp_path / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "par_agent.data.collect", "--task", "PushCube-v1",
+                                 "--num-demos", "40", "--out", str(tmp_path), "--workers", "2",
+                                 "--camera-size", "32", "--no-progress"], stderr=err)
+        workers: list[int] = []
+        try:
+            deadline = time.time() + 180
+            while len(list(chunks.glob("*.partial.h5"))) < 2:  # both workers are recording
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "stderr.txt").read_text()
+                time.sleep(0.5)
+            workers = _workers_of(proc.pid)
+            assert len(workers) == 2
+            proc.send_signal(sig)
+            assert proc.wait(timeout=60) == (128 + sig if sig == signal.SIGTERM else -sig)
+            deadline = time.time() + 60
+            while any(_running(w) for w in workers) and time.time() < deadline:
+                time.sleep(0.5)
+            assert not any(_running(w) for w in workers), "par-collect workers outlived it"
+        finally:
+            for pid in [proc.pid] + workers:  # a failing run leaves nothing behind either
+                if _running(pid):
+                    os.kill(pid, signal.SIGKILL)

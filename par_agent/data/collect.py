@@ -18,7 +18,9 @@ import argparse
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -80,6 +82,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
         from envs.make import gym_make, _keep_renderer_warm
 
         solve = _solutions()[task]
+        parent = mp.parent_process()  # None when run in the calling process (one worker)
         seed = base_seed + worker_id
         done = 0
         while done < quota:
@@ -99,6 +102,11 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
             )
             got = 0
             while got < n_chunk:
+                if parent is not None and not parent.is_alive():
+                    # par-collect was killed (even with SIGKILL): stop rather than run on as an orphan that
+                    # would write the same chunk names as the next run; that run removes this .partial chunk
+                    print(f"[par-collect] worker {worker_id}: parent process gone, stopping", file=sys.stderr)
+                    os._exit(1)
                 try:
                     res = solve(env, seed=seed, debug=False, vis=False)
                 except Exception as err:  # planner failures are part of the job
@@ -222,6 +230,8 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
                 for p in procs:
                     if p.is_alive():
                         p.terminate()
+                for p in procs:
+                    p.join(timeout=10)
         if errors:
             raise RuntimeError(f"par-collect worker failed (finished chunks are kept in {chunk_dir}):\n{errors[0]}")
         print(f"[par-collect] {successes} successes in {tries} attempts "
@@ -259,12 +269,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through collect()'s finally, which stops the workers
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    t0 = time.time()
-    path = collect(args.task, args.num_demos, args.out, camera_size=args.camera_size, workers=args.workers,
-                   chunk_size=args.chunk_size, max_episode_steps=args.max_episode_steps, seed=args.seed,
-                   progress=not args.no_progress)
+    # SIGTERM (kill, timeout, a batch scheduler) stops the workers too; restored on return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
+    try:
+        t0 = time.time()
+        path = collect(args.task, args.num_demos, args.out, camera_size=args.camera_size, workers=args.workers,
+                       chunk_size=args.chunk_size, max_episode_steps=args.max_episode_steps, seed=args.seed,
+                       progress=not args.no_progress)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(f"[par-collect] {path} ({time.time() - t0:.1f} s)")
     if args.export_compact:
         from par_agent.data.compact import export_compact
