@@ -181,3 +181,19 @@ def test_killed_collect_leaves_no_workers(sig, tmp_path):
             for pid in [proc.pid] + workers:  # a failing run leaves nothing behind either
                 if _running(pid):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_second_collect_into_the_same_folder_is_refused(tmp_path):
+    """Two par-collect runs on one folder would delete each other's unfinished chunks and reuse seeds."""
+    import fcntl
+
+    from par_agent.data.collect import collect, trajectory_path
+
+    chunks = trajectory_path(tmp_path, "PushCube-v1").parent / "chunks"
+    chunks.mkdir(parents=True)
+    (chunks / "chunk_s00000000_w0.partial.h5").write_bytes(b"another run's unfinished chunk")
+    with open(chunks / ".lock", "w") as held:  # as the first run holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="another par-collect is collecting into"):
+            collect("PushCube-v1", 2, tmp_path, workers=1, progress=False)
+    assert (chunks / "chunk_s00000000_w0.partial.h5").exists()  # the other run's chunk is untouched

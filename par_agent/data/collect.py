@@ -15,6 +15,8 @@ same ``--out`` continues from the highest recorded seed and adds demos up to ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -52,6 +54,22 @@ def trajectory_path(out: str | os.PathLike, task: str) -> Path:
 
 def _chunk_dir(out, task) -> Path:
     return trajectory_path(out, task).parent / "chunks"
+
+
+def _finished_chunks(chunk_dir: Path) -> list[Path]:
+    return sorted(p for p in chunk_dir.glob("chunk_*.h5") if not p.name.endswith(".partial.h5"))
+
+
+@contextlib.contextmanager
+def _exclusive(chunk_dir: Path):
+    """Hold an exclusive lock on ``chunk_dir`` (released when the process ends, however it ends)."""
+    with open(chunk_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another par-collect is collecting into {chunk_dir.parent}; wait for it to end "
+                               "or stop it (its finished chunks are kept) before starting a new one") from None
+        yield
 
 
 def _recorded_seeds(h5_paths) -> list[int]:
@@ -161,92 +179,94 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
     final = trajectory_path(out, task)
     chunk_dir = _chunk_dir(out, task)
     chunk_dir.mkdir(parents=True, exist_ok=True)
-    for stale in chunk_dir.glob("*.partial.*"):  # left by an interrupted run: possibly corrupt
-        print(f"[par-collect] removing unfinished chunk {stale}", file=sys.stderr)
-        stale.unlink()
+    with _exclusive(chunk_dir):  # one par-collect per folder: a second one would delete the first one's chunks
+        for stale in chunk_dir.glob("*.partial.*"):  # left by an interrupted run: possibly corrupt
+            print(f"[par-collect] removing unfinished chunk {stale}", file=sys.stderr)
+            stale.unlink()
 
-    existing = ([final] if final.exists() else []) + sorted(chunk_dir.glob("chunk_*.h5"))
-    seeds = _recorded_seeds(existing)
-    have = len(seeds)
-    todo = num_demos - have
-    base = max(seeds) + 1 if seeds else seed
-    if todo > 0:
-        workers = min(workers, todo)
-        quotas = [todo // workers + (1 if w < todo % workers else 0) for w in range(workers)]
-        print(f"[par-collect] {task}: have {have}, collecting {todo} more with {workers} worker(s) "
-              f"from seed {base}", file=sys.stderr)
-        ctx = mp.get_context("spawn")
-        events = ctx.Queue()
-        args = (task, None, workers, base, None, chunk_size, camera_size, max_episode_steps, chunk_dir, events)
-        procs = []
-        if workers == 1:
-            procs = None
-        else:
-            for w in range(workers):
-                a = list(args)
-                a[1], a[4] = w, quotas[w]
-                p = ctx.Process(target=_worker, args=tuple(a), daemon=True)
-                p.start()
-                procs.append(p)
-        bar = tqdm(total=todo, desc=f"par-collect {task}", disable=not progress, unit="demo")
-        tries = successes = finished = 0
-        errors = []
-
-        def handle(kind, payload):
-            nonlocal tries, successes, finished
-            if kind in ("ok", "fail"):
-                tries += 1
-                successes += kind == "ok"
-                bar.update(kind == "ok")
-                bar.set_postfix(success_rate=f"{successes / tries:.2f}", seed=payload)
-            elif kind == "done":
-                finished += 1
-            elif kind == "error":
-                errors.append(payload)
-
-        try:
-            if procs is None:  # one worker: run in this process, drain events as we go
-                class _Q:
-                    def put(self, item):
-                        handle(*item)
-
-                a = list(args)
-                a[1], a[4], a[-1] = 0, quotas[0], _Q()
-                _worker(*a)
+        existing = ([final] if final.exists() else []) + _finished_chunks(chunk_dir)
+        seeds = _recorded_seeds(existing)
+        have = len(seeds)
+        todo = num_demos - have
+        base = max(seeds) + 1 if seeds else seed
+        if todo > 0:
+            workers = min(workers, todo)
+            quotas = [todo // workers + (1 if w < todo % workers else 0) for w in range(workers)]
+            print(f"[par-collect] {task}: have {have}, collecting {todo} more with {workers} worker(s) "
+                  f"from seed {base}", file=sys.stderr)
+            ctx = mp.get_context("spawn")
+            events = ctx.Queue()
+            args = (task, None, workers, base, None, chunk_size, camera_size, max_episode_steps, chunk_dir, events)
+            procs = []
+            if workers == 1:
+                procs = None
             else:
-                while finished + len(errors) < len(procs):
-                    try:
-                        handle(*events.get(timeout=1.0))
-                    except queue_mod.Empty:
-                        dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
-                        if dead and events.empty():
-                            errors.append(f"worker exited with code {dead[0].exitcode}")
-                            break
-                for p in procs:
-                    p.join(timeout=30)
-        finally:
-            bar.close()
-            if procs:
-                for p in procs:
-                    if p.is_alive():
-                        p.terminate()
-                for p in procs:
-                    p.join(timeout=10)
-        if errors:
-            raise RuntimeError(f"par-collect worker failed (finished chunks are kept in {chunk_dir}):\n{errors[0]}")
-        print(f"[par-collect] {successes} successes in {tries} attempts "
-              f"({successes / max(tries, 1):.0%} success rate)", file=sys.stderr)
+                for w in range(workers):
+                    a = list(args)
+                    a[1], a[4] = w, quotas[w]
+                    p = ctx.Process(target=_worker, args=tuple(a), daemon=True)
+                    p.start()
+                    procs.append(p)
+            bar = tqdm(total=todo, desc=f"par-collect {task}", disable=not progress, unit="demo")
+            tries = successes = finished = 0
+            errors = []
 
-    chunks = sorted(chunk_dir.glob("chunk_*.h5"))
-    if chunks:
-        tmp = final.with_name(final.stem + ".merging.h5")
-        merge_trajectories(str(tmp), ([str(final)] if final.exists() else []) + [str(c) for c in chunks])
-        os.replace(tmp.with_suffix(".json"), final.with_suffix(".json"))
-        os.replace(tmp, final)
-        for c in chunks:
-            c.unlink()
-            c.with_suffix(".json").unlink(missing_ok=True)
-    return final
+            def handle(kind, payload):
+                nonlocal tries, successes, finished
+                if kind in ("ok", "fail"):
+                    tries += 1
+                    successes += kind == "ok"
+                    bar.update(kind == "ok")
+                    bar.set_postfix(success_rate=f"{successes / tries:.2f}", seed=payload)
+                elif kind == "done":
+                    finished += 1
+                elif kind == "error":
+                    errors.append(payload)
+
+            try:
+                if procs is None:  # one worker: run in this process, drain events as we go
+                    class _Q:
+                        def put(self, item):
+                            handle(*item)
+
+                    a = list(args)
+                    a[1], a[4], a[-1] = 0, quotas[0], _Q()
+                    _worker(*a)
+                else:
+                    while finished + len(errors) < len(procs):
+                        try:
+                            handle(*events.get(timeout=1.0))
+                        except queue_mod.Empty:
+                            dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
+                            if dead and events.empty():
+                                errors.append(f"worker exited with code {dead[0].exitcode}")
+                                break
+                    for p in procs:
+                        p.join(timeout=30)
+            finally:
+                bar.close()
+                if procs:
+                    for p in procs:
+                        if p.is_alive():
+                            p.terminate()
+                    for p in procs:
+                        p.join(timeout=10)
+            if errors:
+                raise RuntimeError(f"par-collect worker failed (finished chunks are kept in {chunk_dir}):\n"
+                                   f"{errors[0]}")
+            print(f"[par-collect] {successes} successes in {tries} attempts "
+                  f"({successes / max(tries, 1):.0%} success rate)", file=sys.stderr)
+
+        chunks = _finished_chunks(chunk_dir)
+        if chunks:
+            tmp = final.with_name(final.stem + ".merging.h5")
+            merge_trajectories(str(tmp), ([str(final)] if final.exists() else []) + [str(c) for c in chunks])
+            os.replace(tmp.with_suffix(".json"), final.with_suffix(".json"))
+            os.replace(tmp, final)
+            for c in chunks:
+                c.unlink()
+                c.with_suffix(".json").unlink(missing_ok=True)
+        return final
 
 
 def build_parser() -> argparse.ArgumentParser:
