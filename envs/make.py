@@ -89,6 +89,45 @@ def _keep_renderer_warm(env: gym.Env) -> None:
         pass
 
 
+def _capture_only(env: gym.Env, cameras: Sequence[str]) -> None:
+    """Make a CPU-simulated ManiSkill env capture only ``cameras`` at each observation.
+
+    ManiSkill captures every sensor of a task with ``obs_mode="rgb"``, including ones nobody reads:
+    StackCube's ``panda_wristcam`` robot carries a ``hand_camera``, and on a CPU renderer (Mesa
+    llvmpipe) each camera costs a fixed ~70-140 ms a step whatever its size, so StackCube steps about
+    2.3 times slower than it needs to (docs/DATA.md). The other cameras stay in the scene (the robot
+    and what the kept cameras see are unchanged, bit for bit); they are only no longer captured, and
+    their images leave the observation. The choice also holds after a reconfiguring ``reset``.
+    GPU-simulated envs are left as they are (their cameras render in batched groups set up once).
+
+    Raises:
+        KeyError: a camera in ``cameras`` that the task does not have (the message lists those it has).
+    """
+    from mani_skill.sensors.camera import Camera
+
+    base = env.unwrapped
+    if getattr(base, "gpu_sim_enabled", False):
+        return
+    missing = [c for c in cameras if c not in base._sensors]
+    if missing:
+        task = base.spec.id if getattr(base, "spec", None) is not None else type(base).__name__
+        raise KeyError(f"camera(s) {missing} not in {task}; it has: {sorted(base._sensors)}")
+    keep = set(cameras)
+
+    def prune() -> None:
+        for name in [n for n, s in base._sensors.items() if n not in keep and isinstance(s, Camera)]:
+            del base._sensors[name]  # the same dict as base.scene.sensors
+
+    setup = base._setup_sensors
+
+    def _setup_sensors(options: dict) -> None:  # run again by reconfiguring resets
+        setup(options)
+        prune()
+
+    base._setup_sensors = _setup_sensors
+    prune()
+
+
 def make_env(
     task: str,
     num_envs: int = 1,
@@ -119,7 +158,8 @@ def make_env(
         camera_size: width and height of every camera image.
         sim_backend: ``"auto"``, ``"cpu"`` or ``"gpu"``.
         seed: seed for the first ``reset()`` that passes none.
-        cameras: cameras stitched left to right into ``rgb``.
+        cameras: cameras stitched left to right into ``rgb``; on the CPU sim only these are rendered
+            (:func:`_capture_only`).
         **kwargs: passed to ``gym.make`` (e.g. ``sensor_configs`` extras, ``shader_pack``).
     """
     _check_task(task)
@@ -148,6 +188,7 @@ def make_env(
         **kwargs,
     )
     _keep_renderer_warm(env)
+    _capture_only(env, cameras)
     env = PARObservationWrapper(env, cameras=cameras)
     if env.unwrapped.num_envs == 1 and not env.unwrapped.gpu_sim_enabled:
         single = SingleEnvNumpyWrapper(env, seed=seed)

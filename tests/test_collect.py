@@ -43,6 +43,23 @@ def test_collected_h5_opens_with_maniskill_tools(pushcube_demos):
             assert index_dict(traj["obs"], 0)["agent"]["qpos"].shape == (9,)
 
 
+def test_collect_records_only_the_asked_cameras(tmp_path):
+    """By default only base_camera (what PAR reads) is rendered and recorded; --cameras all keeps
+    StackCube's hand_camera too, and a top-up with it merges into the same file."""
+    from par_agent.data.collect import main, trajectory_path
+
+    args = ["--task", "StackCube-v1", "--out", str(tmp_path), "--camera-size", "32", "--no-progress"]
+    assert main(args + ["--num-demos", "1"]) == 0
+    assert main(args + ["--num-demos", "2", "--cameras", "all"]) == 0
+    with h5py.File(trajectory_path(tmp_path, "StackCube-v1"), "r") as f:
+        assert sorted(f.keys()) == ["traj_0", "traj_1"]
+        assert sorted(f["traj_0/obs/sensor_data"]) == ["base_camera"]
+        assert sorted(f["traj_1/obs/sensor_data"]) == ["base_camera", "hand_camera"]
+        for k in ("traj_0", "traj_1"):
+            rgb = f[k]["obs/sensor_data/base_camera/rgb"]
+            assert rgb.shape[1:] == (32, 32, 3) and rgb[()].std() > 10
+
+
 def test_collect_resumes(demo_copy):
     """A second run over the same --out tops the file up to --num-demos with new seeds."""
     from mani_skill.utils.io_utils import load_json

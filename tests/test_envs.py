@@ -38,6 +38,42 @@ def test_make_env_real_frames_and_state(task):
         env.close()
 
 
+def test_only_the_stitched_cameras_are_rendered():
+    """StackCube's robot carries a hand_camera; make_env stops capturing it (a CPU renderer pays per
+    camera) and the base_camera frames stay bit for bit those of ManiSkill's unpruned env."""
+    from envs import make_env
+    from envs.make import gym_make
+
+    env = make_env("StackCube-v1", camera_size=32)
+    raw = gym_make("StackCube-v1", obs_mode="rgb", control_mode="pd_joint_pos", sim_backend="cpu",
+                   sensor_configs=dict(width=32, height=32))
+    try:
+        assert list(env.unwrapped._sensors) == ["base_camera"]
+        obs, _ = env.reset(seed=4)
+        ref, _ = raw.reset(seed=4)
+        assert sorted(ref["sensor_data"]) == ["base_camera", "hand_camera"]
+        np.testing.assert_array_equal(obs["rgb"], ref["sensor_data"]["base_camera"]["rgb"][0].numpy())
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            a = rng.uniform(-0.5, 0.5, env.action_space.shape).astype(np.float32)
+            obs = env.step(a)[0]
+            ref = raw.step(a[None])[0]
+            np.testing.assert_array_equal(obs["rgb"], ref["sensor_data"]["base_camera"]["rgb"][0].numpy())
+        # a reconfiguring reset rebuilds ManiSkill's sensors: the choice must survive it
+        env.reset(seed=5, options=dict(reconfigure=True))
+        assert sorted(env.unwrapped.get_obs()["sensor_data"]) == ["base_camera"]
+    finally:
+        env.close()
+        raw.close()
+
+
+def test_unknown_camera_is_named():
+    from envs import make_env
+
+    with pytest.raises(KeyError, match=r"hand_camera.*PushCube-v1.*base_camera"):
+        make_env("PushCube-v1", cameras=("hand_camera",), camera_size=32)
+
+
 def test_check_env_pushcube():
     from gymnasium.utils.env_checker import check_env
 
