@@ -94,8 +94,9 @@ def _capture_only(env: gym.Env, cameras: Sequence[str]) -> None:
 
     ManiSkill captures every sensor of a task with ``obs_mode="rgb"``, including ones nobody reads:
     StackCube's ``panda_wristcam`` robot carries a ``hand_camera``, and on a CPU renderer (Mesa
-    llvmpipe) each camera costs a fixed ~70-140 ms a step whatever its size, so StackCube steps about
-    2.3 times slower than it needs to (docs/DATA.md). The other cameras stay in the scene (the robot
+    llvmpipe) a captured camera costs about the same whatever its size: a 64x64 StackCube step takes
+    201 ms with both cameras and 100 ms with ``base_camera`` only (``benchmarks/bench_env_step.py``,
+    docs/DATA.md). The other cameras stay in the scene (the robot
     and what the kept cameras see are unchanged, bit for bit); they are only no longer captured, and
     their images leave the observation. The choice also holds after a reconfiguring ``reset``.
     GPU-simulated envs are left as they are (their cameras render in batched groups set up once).

@@ -166,8 +166,8 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
         seed: first seed of a fresh collection.
         progress: show a progress bar.
         cameras: the cameras rendered and recorded (``None``: all of the task's). PAR reads
-            ``base_camera``; recording StackCube's ``hand_camera`` as well makes its collection about
-            3.5 times slower and its file about 8 times larger on a CPU renderer.
+            ``base_camera``; recording StackCube's ``hand_camera`` as well made its collection 1.4 times
+            slower (2 workers) and its file 6 times larger on a CPU renderer (docs/DATA.md).
     """
     from mani_skill.trajectory.merge_trajectory import merge_trajectories
     from tqdm import tqdm
