@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                          # default ("small") config, CPU
     python benchmarks/bench_train.py --preset cpu64 --json    # one JSON object
     python benchmarks/bench_train.py --device cuda --batch-size 64 --peak-tflops 989
+    python benchmarks/bench_train.py --preset cpu64 --set image_size=128 vae_stride=8 'vae_channels=[16,32,64,64]' patch_size=4
 
 One optimiser step is timed exactly as ``par-train`` runs it: forward (bf16 autocast on CUDA),
 backward, gradient clipping and AdamW, on windows of ``history`` blocks. ``pretrain-video`` and
@@ -25,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.train import TokenizerObjective
+from par_agent.train import TokenizerObjective, parse_overrides
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
 
@@ -91,6 +92,8 @@ def bench_stage(model: PhysicalAutoregressiveModel, stage: str, batch_size: int,
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="small")
+    p.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
+                   help="config overrides on top of the preset, as par-train --set takes them")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=16, help="windows per step (tokenizer: windows of frames)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
@@ -104,15 +107,15 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    cfg = PARConfig.named(args.preset)
+    cfg = PARConfig.named(args.preset, **parse_overrides(args.overrides))
     model = PhysicalAutoregressiveModel(cfg).to(dev).train()
-    out: dict = {"preset": args.preset, "device": str(dev), "batch_size": args.batch_size,
+    out: dict = {"preset": args.preset, "overrides": list(args.overrides), "device": str(dev), "batch_size": args.batch_size,
                  "threads": torch.get_num_threads(), "history": cfg.history, "image_size": cfg.image_size,
                  "stages": {}}
     if dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(dev)
     if not args.json:
-        print(f"{args.preset} config, {cfg.image_size}px, history {cfg.history}, batch {args.batch_size}, "
+        print(f"{args.preset} config{' + ' + ' '.join(args.overrides) if args.overrides else ''}, {cfg.image_size}px, history {cfg.history}, batch {args.batch_size}, "
               f"{out['threads']} threads, device {out.get('gpu', dev)}")
     for stage in args.stages:
         row = bench_stage(model, stage, args.batch_size, args.steps, args.warmup)

@@ -22,6 +22,20 @@ def test_bench_train_reports_every_stage():
     assert out["stages"]["finetune"]["trainable_params"] == out["stages"]["pretrain-video"]["trainable_params"]
 
 
+def test_bench_train_set_overrides_the_preset():
+    import bench_train
+
+    out = bench_train.main(["--preset", "tiny", "--set", "image_size=64", "--stages", "tokenizer",
+                            "--batch-size", "1", "--steps", "1", "--warmup", "0", "--json"])
+    base = bench_train.main(["--preset", "tiny", "--stages", "tokenizer",
+                             "--batch-size", "1", "--steps", "1", "--warmup", "0", "--json"])
+    assert out["image_size"] == 64 and base["image_size"] == 32
+    assert out["overrides"] == ["image_size=64"]
+    # four times the pixels through the same convolutions: about four times the FLOPs
+    ratio = out["stages"]["tokenizer"]["gflops_per_step"] / base["stages"]["tokenizer"]["gflops_per_step"]
+    assert ratio == pytest.approx(4, rel=0.1)
+
+
 def test_bench_inference_batch_and_cache_columns():
     import bench_inference
 
