@@ -66,6 +66,8 @@ class TrainArgs:
     tasks: tuple[str, ...] = ()
     device: str = "auto"
     val_fraction: float = 0.1
+    val_windows: int = 16
+    """windows that each validation scores (spread evenly over the held-out episodes)"""
     progress: bool = True
     fg_weight: float = 20.0
     """tokenizer stage: extra weight of the pixels that differ from the static scene (FrameTokenizer.loss)"""
@@ -341,8 +343,12 @@ def action_errors(pred_actions: torch.Tensor, batch: dict) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, out_dir: Path | None, step: int,
-             max_windows: int = 16) -> dict[str, float]:
-    """Frame PSNR (dB) of teacher-forced next-frame predictions, tokenizer PSNR, action MSE."""
+             max_windows: int = 16, batch_size: int = 16) -> dict[str, float]:
+    """Frame PSNR (dB) of teacher-forced next-frame predictions, tokenizer PSNR, action MSE.
+
+    Over ``max_windows`` windows spread evenly over the validation sets (split between them),
+    ``batch_size`` at a time; each figure is the mean over all frames (action entries) that count.
+    """
     from torch.utils.data import default_collate
 
     model.eval()
@@ -350,26 +356,33 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
     for ds in val_sets:
         n = len(ds)
         items += [ds[i] for i in np.linspace(0, n - 1, min(n, max_windows // len(val_sets) or 1)).astype(int)]
-    batch = {k: v.to(device) for k, v in default_collate(items).items()}
-    frames = batch["frames"]  # (B, T, H, W, 3)
     tok = model.frame_tokenizer
-    rec = tok.decode(tok.encode(frames))
-    fmask = batch["frame_mask"]
-    psnr = lambda a, b, m: (10 * torch.log10(255.0**2 / ((a.float() - b.float()) ** 2).mean((-1, -2, -3)).clamp_min(1e-10)))[m].mean().item()  # noqa: E731
-    out = {"val/tokenizer_psnr": psnr(rec, frames, fmask)}
-    if stage != "tokenizer":
-        g = torch.Generator().manual_seed(0)
+    psnr = lambda a, b: 10 * torch.log10(255.0**2 / ((a.float() - b.float()) ** 2).mean((-1, -2, -3)).clamp_min(1e-10))  # noqa: E731
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+
+    def add(key: str, values: torch.Tensor) -> None:
+        sums[key] = sums.get(key, 0.0) + values.double().sum().item()
+        counts[key] = counts.get(key, 0) + values.numel()
+
+    g = torch.Generator().manual_seed(0)
+    for start in range(0, len(items), batch_size):
+        batch = {k: v.to(device) for k, v in default_collate(items[start:start + batch_size]).items()}
+        frames = batch["frames"]  # (B, T, H, W, 3)
+        fmask = batch["frame_mask"]
+        add("val/tokenizer_psnr", psnr(tok.decode(tok.encode(frames)), frames)[fmask])
+        if stage == "tokenizer":
+            continue
         pred = model.sample_window(batch, generator=g)
         img = tok.decode(pred["frame_tokens"])
-        valid = fmask[:, 1:] & fmask[:, :-1]
-        out["val/frame_psnr"] = psnr(img, frames[:, 1:], valid)
+        add("val/frame_psnr", psnr(img, frames[:, 1:])[fmask[:, 1:] & fmask[:, :-1]])
         if "actions" in pred:
             sq, am = action_errors(pred["actions"], batch)
-            out["val/action_mse"] = sq.mean(-1)[am].mean().item()
-        if out_dir is not None:
+            add("val/action_mse", sq.mean(-1)[am])
+        if out_dir is not None and start == 0:
             write_validation_video(frames[0, 1:], img[0], out_dir / f"val-{step:08d}.mp4")
     model.train()
-    return out
+    return {k: sums[k] / counts[k] if counts[k] else float("nan") for k in sums}
 
 
 def write_validation_video(real: torch.Tensor, pred: torch.Tensor, path: Path, fps: int = 4) -> None:
@@ -529,7 +542,7 @@ def train(args: TrainArgs) -> dict:
             if world > 1:
                 dist.barrier()
         if val_sets and rank == 0 and (step % args.val_every == 0 or step == args.steps):
-            log(validate(model, val_sets, args.stage, device, stage_dir / "videos", step))
+            log(validate(model, val_sets, args.stage, device, stage_dir / "videos", step, args.val_windows, args.batch_size))
     bar.close()
 
     summary = {"stage": args.stage, "step": step, "loss": None if math.isnan(last_loss) else last_loss}
@@ -548,7 +561,8 @@ def train(args: TrainArgs) -> dict:
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(tmp, final_dir)
         if val_sets:
-            summary.update(validate(final_model.to(device), val_sets, args.stage, device, None, step))
+            summary.update(validate(final_model.to(device), val_sets, args.stage, device, None, step,
+                                        args.val_windows, args.batch_size))
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         csv_file.close()
         tb.close()
@@ -586,17 +600,21 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--tasks", nargs="*", default=[], help="task names of the model (default: those in the data)")
     p.add_argument("--device", default="auto")
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-windows", type=int, default=16,
+                   help="held-out windows each validation scores (16 is quick but noisy; all of them for a final figure)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--fg-weight", type=float, default=20.0,
                    help="tokenizer stage: extra loss weight of pixels that differ from the static scene "
                         "(the arm, the cubes); 0 for a plain reconstruction loss")
     a = p.parse_args(argv)
+    if a.val_windows < 1:
+        p.error(f"--val-windows must be at least 1, got {a.val_windows}")
     lr = a.lr if a.lr is not None else (1e-3 if a.stage == "tokenizer" else 3e-4)
     return TrainArgs(stage=a.stage, data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=lr,
                      weight_decay=a.weight_decay, warmup=a.warmup, grad_clip=a.grad_clip, ema=a.ema,
                      ckpt_every=a.ckpt_every, val_every=a.val_every, log_every=a.log_every, workers=a.workers,
                      seed=a.seed, init=a.init, preset=a.preset, overrides=tuple(a.overrides), tasks=tuple(a.tasks),
-                     device=a.device, val_fraction=a.val_fraction, progress=not a.no_progress,
+                     device=a.device, val_fraction=a.val_fraction, val_windows=a.val_windows, progress=not a.no_progress,
                      fg_weight=a.fg_weight)
 
 

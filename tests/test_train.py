@@ -220,3 +220,26 @@ def test_frames_only_stages_mix_tasks_whose_state_sizes_differ(pushcube_demos, t
                 "--val-every", "2"])
     m = PhysicalAutoregressiveModel.from_pretrained(out / "pretrain-video" / "final")
     assert m.cfg.task_names == ("PickCube-v1", "PushCube-v1")
+
+
+def test_validate_scores_the_asked_windows_in_batches(trained_run, pushcube_demos):
+    """--val-windows sets how many held-out windows a validation scores; scoring them a few at a
+    time gives the figures of one batch (the tokenizer's exactly; sampled ones stay finite)."""
+    from par_agent.data.dataset import PhysicalStepDataset
+    from par_agent.models import PhysicalAutoregressiveModel
+    from par_agent.train import parse_args, validate
+
+    m = PhysicalAutoregressiveModel.from_pretrained(trained_run / "finetune" / "final")
+    cfg = m.cfg
+    val = PhysicalStepDataset(pushcube_demos, split="all", history=cfg.history, chunk_size=cfg.chunk_size,
+                              image_size=cfg.image_size)
+    one = validate(m, [val], "finetune", "cpu", None, 0, max_windows=6, batch_size=6)
+    few = validate(m, [val], "finetune", "cpu", None, 0, max_windows=6, batch_size=4)
+    other = validate(m, [val], "finetune", "cpu", None, 0, max_windows=3, batch_size=6)
+    assert set(one) == set(few) == {"val/tokenizer_psnr", "val/frame_psnr", "val/action_mse"}
+    assert one["val/tokenizer_psnr"] == pytest.approx(few["val/tokenizer_psnr"], rel=1e-5)
+    assert one["val/tokenizer_psnr"] != pytest.approx(other["val/tokenizer_psnr"], rel=1e-7)
+    assert all(np.isfinite(v) for v in (*one.values(), *few.values()))
+    assert parse_args(["finetune", "--data", "d", "--out", "o", "--val-windows", "200"]).val_windows == 200
+    with pytest.raises(SystemExit):
+        parse_args(["finetune", "--data", "d", "--out", "o", "--val-windows", "0"])
