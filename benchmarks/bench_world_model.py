@@ -25,13 +25,8 @@ from torch.utils.data import default_collate
 
 from par_agent.data.dataset import PhysicalStepDataset
 from par_agent.models import PhysicalAutoregressiveModel
+from par_agent.tokenizers import frame_psnr
 from par_agent.train import action_errors
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 each -> (N,) dB."""
-    mse = ((a.float() - b.float()) ** 2).mean((1, 2, 3)).clamp_min(1e-10)
-    return 10 * torch.log10(255.0**2 / mse)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
@@ -112,8 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     valid = batch["frame_mask"][:, 1:] & batch["frame_mask"][:, :-1]
     real, fake = batch["frames"][:, 1:][valid], pred[valid]
     recon = tok.decode(tok.encode(real))
-    out["tokenizer_psnr"] = psnr(recon, real).mean().item()
-    out["one_step"] = {"psnr": psnr(fake, real).mean().item(), "ssim": ssim(fake, real).mean().item(), "n": len(real)}
+    out["tokenizer_psnr"] = frame_psnr(recon, real).mean().item()
+    out["one_step"] = {"psnr": frame_psnr(fake, real).mean().item(), "ssim": ssim(fake, real).mean().item(), "n": len(real)}
     out["object_pixels_per_frame"] = object_mask(real).sum((1, 2)).float().mean().item()
     out["object_psnr"] = {"tokenizer": object_psnr(recon, real), "one_step": object_psnr(fake, real)}
 
@@ -130,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
             f = tok.decode(model.predict_frame(st, generator=g))
             if h in per_h:
                 real = w["frames"][h:h + 1]
-                per_h[h].append((psnr(f, real).item(), ssim(f, real).item()))
+                per_h[h].append((frame_psnr(f, real).item(), ssim(f, real).item()))
             model.commit(st, w["actions"][h - 1:h], f, w["state"][h:h + 1])
     if args.actions:
         out["actions"] = action_error(model, ds)

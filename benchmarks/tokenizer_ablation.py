@@ -26,11 +26,11 @@ import torch
 from par_agent.config import PARConfig
 from par_agent.data.dataset import PhysicalStepDataset
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.tokenizers import FrameTokenizer, reconstruct, train_frame_tokenizer
+from par_agent.tokenizers import FrameTokenizer, frame_psnr, reconstruct, train_frame_tokenizer
 from par_agent.train import parse_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_world_model import object_psnr, psnr  # noqa: E402
+from bench_world_model import object_psnr  # noqa: E402
 
 
 def split_frames(path: str, split: str, image_size: int, chunk_size: int, val_fraction: float) -> np.ndarray:
@@ -42,7 +42,7 @@ def split_frames(path: str, split: str, image_size: int, chunk_size: int, val_fr
 def reconstruction_report(tok: FrameTokenizer, frames: torch.Tensor, batch_size: int = 256) -> dict[str, float]:
     """Whole-frame and cube-pixel PSNR (dB) of encode -> decode over (N, H, W, 3) uint8 frames."""
     rec = reconstruct(tok, frames, batch_size)
-    return {"psnr": psnr(rec, frames).mean().item(), "object_psnr": object_psnr(rec, frames), "frames": len(frames)}
+    return {"psnr": frame_psnr(rec, frames).mean().item(), "object_psnr": object_psnr(rec, frames), "frames": len(frames)}
 
 
 def main(argv: list[str] | None = None) -> dict:

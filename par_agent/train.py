@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.tokenizers import background_frame, get_dataset_stats, set_dataset_stats
+from par_agent.tokenizers import background_frame, frame_psnr, get_dataset_stats, set_dataset_stats
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
 PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video"}
@@ -352,37 +353,29 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
     from torch.utils.data import default_collate
 
     model.eval()
-    items = []
-    for ds in val_sets:
-        n = len(ds)
-        items += [ds[i] for i in np.linspace(0, n - 1, min(n, max_windows // len(val_sets) or 1)).astype(int)]
+    picks = [(ds, i) for ds in val_sets
+             for i in np.linspace(0, len(ds) - 1, min(len(ds), max_windows // len(val_sets) or 1)).astype(int)]
     tok = model.frame_tokenizer
-    psnr = lambda a, b: 10 * torch.log10(255.0**2 / ((a.float() - b.float()) ** 2).mean((-1, -2, -3)).clamp_min(1e-10))  # noqa: E731
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-
-    def add(key: str, values: torch.Tensor) -> None:
-        sums[key] = sums.get(key, 0.0) + values.double().sum().item()
-        counts[key] = counts.get(key, 0) + values.numel()
-
+    scores: dict[str, list[torch.Tensor]] = defaultdict(list)  # per frame (PSNR) or action entry (MSE)
     g = torch.Generator().manual_seed(0)
-    for start in range(0, len(items), batch_size):
-        batch = {k: v.to(device) for k, v in default_collate(items[start:start + batch_size]).items()}
+    for start in range(0, len(picks), batch_size):
+        batch = default_collate([ds[i] for ds, i in picks[start:start + batch_size]])
+        batch = {k: v.to(device) for k, v in batch.items()}
         frames = batch["frames"]  # (B, T, H, W, 3)
         fmask = batch["frame_mask"]
-        add("val/tokenizer_psnr", psnr(tok.decode(tok.encode(frames)), frames)[fmask])
+        scores["val/tokenizer_psnr"].append(frame_psnr(tok.decode(tok.encode(frames)), frames)[fmask])
         if stage == "tokenizer":
             continue
         pred = model.sample_window(batch, generator=g)
         img = tok.decode(pred["frame_tokens"])
-        add("val/frame_psnr", psnr(img, frames[:, 1:])[fmask[:, 1:] & fmask[:, :-1]])
+        scores["val/frame_psnr"].append(frame_psnr(img, frames[:, 1:])[fmask[:, 1:] & fmask[:, :-1]])
         if "actions" in pred:
             sq, am = action_errors(pred["actions"], batch)
-            add("val/action_mse", sq.mean(-1)[am])
+            scores["val/action_mse"].append(sq.mean(-1)[am])
         if out_dir is not None and start == 0:
             write_validation_video(frames[0, 1:], img[0], out_dir / f"val-{step:08d}.mp4")
     model.train()
-    return {k: sums[k] / counts[k] if counts[k] else float("nan") for k in sums}
+    return {k: torch.cat(v).double().mean().item() for k, v in scores.items()}  # nan where none counted
 
 
 def write_validation_video(real: torch.Tensor, pred: torch.Tensor, path: Path, fps: int = 4) -> None:
@@ -542,7 +535,8 @@ def train(args: TrainArgs) -> dict:
             if world > 1:
                 dist.barrier()
         if val_sets and rank == 0 and (step % args.val_every == 0 or step == args.steps):
-            log(validate(model, val_sets, args.stage, device, stage_dir / "videos", step, args.val_windows, args.batch_size))
+            log(validate(model, val_sets, args.stage, device, stage_dir / "videos", step,
+                         args.val_windows, args.batch_size))
     bar.close()
 
     summary = {"stage": args.stage, "step": step, "loss": None if math.isnan(last_loss) else last_loss}

@@ -53,6 +53,7 @@ def test_object_mask_and_object_psnr():
     import torch
 
     import bench_world_model as wm
+    from par_agent.tokenizers import frame_psnr
 
     real = torch.zeros(1, 16, 16, 3, dtype=torch.uint8)
     real[..., 0], real[..., 1], real[..., 2] = 170, 100, 60  # table colour: not an object
@@ -66,7 +67,7 @@ def test_object_mask_and_object_psnr():
     blurred[0, 4:6, 4:6] = torch.tensor([170, 100, 60], dtype=torch.uint8)  # the red cube is lost
     mse = 4 * (50**2 + 70**2 + 30**2) / 3 / 6  # error only on 4 of the 6 object pixels
     assert wm.object_psnr(blurred, real) == pytest.approx(10 * math.log10(255**2 / mse), rel=1e-5)
-    assert wm.psnr(blurred, real).item() > wm.object_psnr(blurred, real)  # whole-frame PSNR hides it
+    assert frame_psnr(blurred, real).item() > wm.object_psnr(blurred, real)  # whole-frame PSNR hides it
 
 
 def test_tokenizer_ablation_reports_frame_and_cube_psnr(pushcube_demos):

@@ -222,6 +222,12 @@ def reconstruct(tok: FrameTokenizer, frames: np.ndarray | torch.Tensor, batch_si
                       for i in range(0, len(frames), batch_size)])
 
 
+def frame_psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB, 8-bit) of each frame: (..., H, W, 3) uint8 each -> (...)."""
+    mse = ((a.float() - b.float()) ** 2).mean((-1, -2, -3)).clamp_min(1e-10)
+    return 10 * torch.log10(255.0**2 / mse)
+
+
 def reconstruction_psnr(tok: FrameTokenizer, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> float:
     """PSNR (dB, 8-bit) of encode->decode over frames (N, H, W, 3) uint8, from the MSE of all pixels."""
     frames = torch.as_tensor(frames)
