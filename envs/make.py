@@ -129,6 +129,23 @@ def _capture_only(env: gym.Env, cameras: Sequence[str]) -> None:
     prune()
 
 
+def sensor_configs(camera_size: int, camera_fov: Optional[float] = None, cameras: Sequence[str] = ("base_camera",),
+                   extra: Optional[dict] = None) -> dict:
+    """ManiSkill ``sensor_configs`` for PAR's cameras: every camera ``camera_size`` square and, when
+    ``camera_fov`` is given, each of ``cameras`` with that vertical field of view in radians (the
+    tasks' ``base_camera`` has pi/2; a narrower one, from the same pose, frames the workspace and
+    gives the cubes more pixels at the same frame size). ``extra`` is merged last."""
+    if camera_fov is not None and not 0 < camera_fov < 3.14:
+        raise ValueError(f"camera_fov must be in radians, between 0 and pi, got {camera_fov!r}")
+    out: dict = dict(width=camera_size, height=camera_size)
+    if camera_fov is not None:
+        for cam in cameras:
+            out[cam] = dict(fov=float(camera_fov))
+    for k, v in (extra or {}).items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def make_env(
     task: str,
     num_envs: int = 1,
@@ -140,6 +157,7 @@ def make_env(
     sim_backend: str = "auto",
     seed: Optional[int] = None,
     cameras: Sequence[str] = ("base_camera",),
+    camera_fov: Optional[float] = None,
     **kwargs,
 ) -> gym.Env:
     """Make a ManiSkill task that speaks the PAR observation contract.
@@ -161,6 +179,7 @@ def make_env(
         seed: seed for the first ``reset()`` that passes none.
         cameras: cameras stitched left to right into ``rgb``; on the CPU sim only these are rendered
             (:func:`_capture_only`).
+        camera_fov: field of view (radians) of ``cameras``; ``None`` keeps the task's (pi/2).
         **kwargs: passed to ``gym.make`` (e.g. ``sensor_configs`` extras, ``shader_pack``).
     """
     _check_task(task)
@@ -170,8 +189,7 @@ def make_env(
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     if max_episode_steps is None:
         max_episode_steps = default_max_episode_steps(task)
-    sensor_configs = dict(width=camera_size, height=camera_size)
-    sensor_configs.update(kwargs.pop("sensor_configs", {}) or {})
+    sensors = sensor_configs(camera_size, camera_fov, cameras, kwargs.pop("sensor_configs", None))
     if num_envs > 1 and sim_backend == "cpu":
         raise ValueError(
             "ManiSkill simulates several envs in one process only on the GPU; "
@@ -184,7 +202,7 @@ def make_env(
         control_mode=control_mode,
         render_mode=render_mode,
         max_episode_steps=max_episode_steps,
-        sensor_configs=sensor_configs,
+        sensor_configs=sensors,
         sim_backend=sim_backend,
         **kwargs,
     )
@@ -203,7 +221,7 @@ def make_env(
             kwargs=dict(
                 task=task, num_envs=1, obs_mode=obs_mode, control_mode=control_mode,
                 render_mode=render_mode, max_episode_steps=max_episode_steps, camera_size=camera_size,
-                sim_backend=sim_backend, seed=seed, cameras=tuple(cameras), **kwargs,
+                sim_backend=sim_backend, seed=seed, cameras=tuple(cameras), camera_fov=camera_fov, **kwargs,
             ),
         )
         return single

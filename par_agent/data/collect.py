@@ -83,8 +83,21 @@ def _recorded_seeds(h5_paths) -> list[int]:
     return seeds
 
 
+def _check_same_cameras(h5_paths, wanted: dict) -> None:
+    """Refuse to top up a folder whose demos were recorded with other camera settings."""
+    from mani_skill.utils.io_utils import load_json
+
+    for p in h5_paths:
+        j = Path(p).with_suffix(".json")
+        if j.exists():
+            had = load_json(str(j)).get("env_info", {}).get("env_kwargs", {}).get("sensor_configs")
+            if had is not None and had != wanted:
+                raise ValueError(f"{j} was recorded with sensor_configs={had}, this run asks for {wanted} "
+                                 "(--camera-size / --camera-fov / --cameras): use another --out")
+
+
 def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_size, cameras, max_episode_steps,
-            chunk_dir, events):
+            chunk_dir, events, camera_fov=None):
     """Collect ``quota`` successful demos; report each attempt on ``events`` as ("ok"|"fail", seed)."""
     try:
         if num_workers > 1:
@@ -97,7 +110,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
         import mani_skill.envs  # noqa: F401
         from mani_skill.utils.wrappers.record import RecordEpisode
 
-        from envs.make import _capture_only, _keep_renderer_warm, gym_make
+        from envs.make import _capture_only, _keep_renderer_warm, gym_make, sensor_configs
 
         solve = _solutions()[task]
         parent = mp.parent_process()  # None when run in the calling process (one worker)
@@ -108,7 +121,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
             name = f"chunk_s{seed:08d}_w{worker_id}"
             env = gym_make(
                 task, obs_mode=OBS_MODE, control_mode=CONTROL_MODE, render_mode="rgb_array",
-                sensor_configs=dict(width=camera_size, height=camera_size),
+                sensor_configs=sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)),
                 max_episode_steps=max_episode_steps, sim_backend="cpu",
             )
             _keep_renderer_warm(env)
@@ -152,7 +165,8 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
 
 def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int = 1,
             chunk_size: int = 50, max_episode_steps: Optional[int] = None, seed: int = 0,
-            progress: bool = True, cameras: Optional[Sequence[str]] = ("base_camera",)) -> Path:
+            progress: bool = True, cameras: Optional[Sequence[str]] = ("base_camera",),
+            camera_fov: Optional[float] = None) -> Path:
     """Collect until ``out`` holds ``num_demos`` successful demos of ``task``; returns the ``.h5`` path.
 
     Args:
@@ -168,6 +182,8 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
         cameras: the cameras rendered and recorded (``None``: all of the task's). PAR reads
             ``base_camera``; recording StackCube's ``hand_camera`` as well made its collection 1.4 times
             slower (2 workers) and its file 6 times larger on a CPU renderer (docs/DATA.md).
+        camera_fov: field of view (radians) of the recorded cameras; ``None`` keeps the task's (pi/2).
+            A folder holds one camera set-up: topping it up with another fov is refused.
     """
     from mani_skill.trajectory.merge_trajectory import merge_trajectories
     from tqdm import tqdm
@@ -191,6 +207,9 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
             stale.unlink()
 
         existing = ([final] if final.exists() else []) + _finished_chunks(chunk_dir)
+        from envs.make import sensor_configs
+
+        _check_same_cameras(existing, sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)))
         seeds = _recorded_seeds(existing)
         have = len(seeds)
         todo = num_demos - have
@@ -203,7 +222,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
             ctx = mp.get_context("spawn")
             events = ctx.Queue()
             args = (task, None, workers, base, None, chunk_size, camera_size, cameras, max_episode_steps, chunk_dir,
-                    events)
+                    events, camera_fov)
             procs = []
             if workers == 1:
                 procs = None
@@ -237,7 +256,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
                             handle(*item)
 
                     a = list(args)
-                    a[1], a[4], a[-1] = 0, quotas[0], _Q()
+                    a[1], a[4], a[-2] = 0, quotas[0], _Q()
                     _worker(*a)
                 else:
                     while finished + len(errors) < len(procs):
@@ -289,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", nargs="+", default=["base_camera"],
                    help="cameras to render and record, or 'all' for every camera of the task "
                    "(StackCube also has hand_camera)")
+    p.add_argument("--camera-fov", type=float, default=None,
+                   help="field of view of the cameras in radians (default: the task's, pi/2); e.g. 0.8 frames "
+                   "the workspace so the cubes get several times the pixels")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--chunk-size", type=int, default=50, help="demos per intermediate chunk file")
     p.add_argument("--max-episode-steps", type=int, default=None, help="recorded episode limit (default per task)")
@@ -315,7 +337,8 @@ def main(argv=None) -> int:
         t0 = time.time()
         path = collect(args.task, args.num_demos, args.out, camera_size=args.camera_size, workers=args.workers,
                        chunk_size=args.chunk_size, max_episode_steps=args.max_episode_steps, seed=args.seed,
-                       progress=not args.no_progress, cameras=None if args.cameras == ["all"] else args.cameras)
+                       progress=not args.no_progress, cameras=None if args.cameras == ["all"] else args.cameras,
+                       camera_fov=args.camera_fov)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
