@@ -3,7 +3,7 @@
 ManiSkill captures every sensor of a task in ``obs_mode="rgb"``. StackCube's ``panda_wristcam`` robot
 carries a ``hand_camera`` besides ``base_camera``, and on Mesa llvmpipe each captured camera costs a
 fixed amount per step, whatever its size. ``envs.make_env`` and ``par-collect`` capture only the
-cameras asked for (``envs.make._capture_only``); this script measures what that saves, in one run,
+cameras asked for (``envs.capture_only``); this script measures what that saves, in one run,
 with the same seed and the same random actions for both:
 
     python benchmarks/bench_env_step.py                      # StackCube-v1, 64x64, 50 steps
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from envs.make import _capture_only, _keep_renderer_warm, gym_make
+from envs import capture_only, gym_make, keep_renderer_warm
 
 
 def step_time(task: str, camera_size: int, steps: int, cameras, seed: int = 0) -> tuple[float, np.ndarray, list[str]]:
@@ -30,9 +30,9 @@ def step_time(task: str, camera_size: int, steps: int, cameras, seed: int = 0) -
     """
     env = gym_make(task, obs_mode="rgb", control_mode="pd_joint_pos", sim_backend="cpu",
                    sensor_configs=dict(width=camera_size, height=camera_size))
-    _keep_renderer_warm(env)
+    keep_renderer_warm(env)
     if cameras is not None:
-        _capture_only(env, cameras)
+        capture_only(env, cameras)
     captured = list(env.unwrapped._sensors)
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from envs.make import gym_make
+from envs import gym_make
 from par_agent.data.compact import load_episodes_json, open_h5, read_group
 from par_agent.data.dataset import demo_h5_files
 

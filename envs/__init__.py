@@ -2,31 +2,37 @@
 predicted-video recorder and SB3 vec-env helpers."""
 from envs.make import (
     DEFAULT_MAX_EPISODE_STEPS,
-    SUPPORTED_TASKS,
     control_freq,
     default_max_episode_steps,
-    gym_make,
     make_env,
     make_vec_env,
+    sensor_configs,
 )
+from envs.maniskill import SUPPORTED_TASKS, capture_only, check_task, gym_make, keep_renderer_warm
 from envs.recorder import PredictedVideoWrapper, VideoRecorder
-from envs.state import STATE_DIMS, flatten_state, state_dim, state_keys
+from envs.state import EXTRA_ORDER, STATE_DIMS, extra_order, flatten_state, state_dim, state_keys
 from envs.wrappers import PARObservationWrapper, SingleEnvNumpyWrapper, stitch_cameras
 
 __all__ = [
     "DEFAULT_MAX_EPISODE_STEPS",
+    "EXTRA_ORDER",
     "STATE_DIMS",
     "SUPPORTED_TASKS",
     "PARObservationWrapper",
     "PredictedVideoWrapper",
     "SingleEnvNumpyWrapper",
     "VideoRecorder",
+    "capture_only",
+    "check_task",
     "control_freq",
     "default_max_episode_steps",
+    "extra_order",
     "flatten_state",
     "gym_make",
+    "keep_renderer_warm",
     "make_env",
     "make_vec_env",
+    "sensor_configs",
     "state_dim",
     "state_keys",
     "stitch_cameras",

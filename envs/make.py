@@ -6,35 +6,13 @@ from typing import Callable, Optional, Sequence
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 
+from envs.maniskill import SUPPORTED_TASKS, capture_only, check_task, gym_make, keep_renderer_warm  # noqa: F401
 from envs.wrappers import PARObservationWrapper, SingleEnvNumpyWrapper
-
-SUPPORTED_TASKS = ("PushCube-v1", "PickCube-v1", "StackCube-v1")
 
 # ManiSkill registers these tasks with 50 steps, but motion-planning demos are longer (seen here:
 # PushCube 62-77 steps, PickCube 50-86, StackCube 94-109 in pd_joint_pos at 20 Hz). The limits
 # leave room for a learned policy's slower, corrective episodes; see docs/DATA.md.
 DEFAULT_MAX_EPISODE_STEPS = {"PushCube-v1": 100, "PickCube-v1": 200, "StackCube-v1": 400}
-
-SETUP_HINT = (
-    "ManiSkill could not open a Vulkan device for rendering. On a CPU-only Debian 12 machine install "
-    "Mesa 25 (llvmpipe) from bookworm-backports: run `make setup` or `bash scripts/setup_system.sh` "
-    "(as root). Original error: {err}"
-)
-
-
-def _registered_tasks() -> list[str]:
-    import mani_skill.envs  # noqa: F401  (registers the tasks)
-    from mani_skill.utils.registration import REGISTERED_ENVS
-
-    return sorted(REGISTERED_ENVS.keys())
-
-
-def _check_task(task: str) -> None:
-    if not isinstance(task, str) or task not in _registered_tasks():
-        raise ValueError(
-            f"unknown task {task!r}. Supported tasks: {', '.join(SUPPORTED_TASKS)} "
-            "(any task id registered by ManiSkill also works, e.g. 'PullCube-v1')"
-        )
 
 
 def default_max_episode_steps(task: str) -> int:
@@ -45,88 +23,6 @@ def default_max_episode_steps(task: str) -> int:
 
     registered = REGISTERED_ENVS[task].max_episode_steps
     return 2 * registered if registered else 400
-
-
-def _is_vulkan_error(err: BaseException) -> bool:
-    msg = str(err).lower()
-    return any(s in msg for s in ("vk::", "vulkan", "physical device", "incompatibledriver", "render device"))
-
-
-def gym_make(task: str, **kwargs) -> gym.Env:
-    """``gym.make`` of a ManiSkill task, with no wrappers, that turns a missing Vulkan driver into an
-    actionable ``RuntimeError``. For tools that need the raw env (for example a state-only one,
-    ``obs_mode="state_dict", render_backend="none"``); agents want :func:`make_env`."""
-    import mani_skill.envs  # noqa: F401
-
-    try:
-        return gym.make(task, **kwargs)
-    except RuntimeError as err:
-        if _is_vulkan_error(err):
-            raise RuntimeError(SETUP_HINT.format(err=err)) from err
-        raise
-
-
-_RENDER_KEEPALIVE: list = []
-
-
-def _keep_renderer_warm(env: gym.Env) -> None:
-    """Hold the first env's SAPIEN render system for the life of the process.
-
-    On a CPU renderer (Mesa llvmpipe) the first camera picture of a process compiles the shader
-    pipelines (8-15 s on 2 cores). They are freed when the last render system goes away, so a loop
-    that makes, closes and makes envs again (evaluation, tests) pays that every time; holding one
-    render system keeps later makes at ~0.5 s.
-    """
-    if _RENDER_KEEPALIVE:
-        return
-    try:
-        scene = env.unwrapped.scene
-        if not getattr(env.unwrapped, "gpu_sim_enabled", False) and scene.sub_scenes:
-            rs = scene.sub_scenes[0].render_system
-            if rs is not None:
-                _RENDER_KEEPALIVE.append(rs)
-    except Exception:  # best effort: only a speed-up
-        pass
-
-
-def _capture_only(env: gym.Env, cameras: Sequence[str]) -> None:
-    """Make a CPU-simulated ManiSkill env capture only ``cameras`` at each observation.
-
-    ManiSkill captures every sensor of a task with ``obs_mode="rgb"``, including ones nobody reads:
-    StackCube's ``panda_wristcam`` robot carries a ``hand_camera``, and on a CPU renderer (Mesa
-    llvmpipe) a captured camera costs about the same whatever its size: a 64x64 StackCube step takes
-    201 ms with both cameras and 100 ms with ``base_camera`` only (``benchmarks/bench_env_step.py``,
-    docs/DATA.md). The other cameras stay in the scene (the robot
-    and what the kept cameras see are unchanged, bit for bit); they are only no longer captured, and
-    their images leave the observation. The choice also holds after a reconfiguring ``reset``.
-    GPU-simulated envs are left as they are (their cameras render in batched groups set up once).
-
-    Raises:
-        KeyError: a camera in ``cameras`` that the task does not have (the message lists those it has).
-    """
-    from mani_skill.sensors.camera import Camera
-
-    base = env.unwrapped
-    if getattr(base, "gpu_sim_enabled", False):
-        return
-    missing = [c for c in cameras if c not in base._sensors]
-    if missing:
-        task = base.spec.id if getattr(base, "spec", None) is not None else type(base).__name__
-        raise KeyError(f"camera(s) {missing} not in {task}; it has: {sorted(base._sensors)}")
-    keep = set(cameras)
-
-    def prune() -> None:
-        for name in [n for n, s in base._sensors.items() if n not in keep and isinstance(s, Camera)]:
-            del base._sensors[name]  # the same dict as base.scene.sensors
-
-    setup = base._setup_sensors
-
-    def _setup_sensors(options: dict) -> None:  # run again by reconfiguring resets
-        setup(options)
-        prune()
-
-    base._setup_sensors = _setup_sensors
-    prune()
 
 
 def sensor_configs(camera_size: int, camera_fov: Optional[float] = None, cameras: Sequence[str] = ("base_camera",),
@@ -178,11 +74,11 @@ def make_env(
         sim_backend: ``"auto"``, ``"cpu"`` or ``"gpu"``.
         seed: seed for the first ``reset()`` that passes none.
         cameras: cameras stitched left to right into ``rgb``; on the CPU sim only these are rendered
-            (:func:`_capture_only`).
+            (:func:`capture_only`).
         camera_fov: field of view (radians) of ``cameras``; ``None`` keeps the task's (pi/2).
         **kwargs: passed to ``gym.make`` (e.g. ``sensor_configs`` extras, ``shader_pack``).
     """
-    _check_task(task)
+    check_task(task)
     if "rgb" not in obs_mode:
         raise ValueError(f"obs_mode must contain camera images (e.g. 'rgb'), got {obs_mode!r}")
     if num_envs < 1:
@@ -206,8 +102,8 @@ def make_env(
         sim_backend=sim_backend,
         **kwargs,
     )
-    _keep_renderer_warm(env)
-    _capture_only(env, cameras)
+    keep_renderer_warm(env)
+    capture_only(env, cameras)
     env = PARObservationWrapper(env, cameras=cameras)
     if env.unwrapped.num_envs == 1 and not env.unwrapped.gpu_sim_enabled:
         single = SingleEnvNumpyWrapper(env, seed=seed)
@@ -251,7 +147,7 @@ def make_vec_env(task: str, n_envs: int, seed: int = 0, vec_env_cls: str = "dumm
     """
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-    _check_task(task)
+    check_task(task)
     classes = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
     if vec_env_cls not in classes:
         raise ValueError(f"vec_env_cls must be one of {sorted(classes)}, got {vec_env_cls!r}")

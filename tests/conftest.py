@@ -30,6 +30,18 @@ def pushcube_demos(demo_root) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def pickcube_demo(demo_root) -> Path:
+    """Path to a ManiSkill ``.h5`` holding 1 successful PickCube-v1 demo (rgb 32x32), collected once per
+    session with ``par-collect``; read-only."""
+    from par_agent.data.collect import main, trajectory_path
+
+    out = demo_root / "pickcube"
+    assert main(["--task", "PickCube-v1", "--num-demos", "1", "--out", str(out), "--camera-size", "32",
+                 "--no-progress"]) == 0
+    return trajectory_path(out, "PickCube-v1")
+
+
 @pytest.fixture
 def tmp_video_folder(tmp_path) -> Path:
     """A folder with three short synthetic mp4 videos (64x64, 9/13/17 frames of moving squares)."""

@@ -94,7 +94,7 @@ def test_privileged_state_matches_a_live_env(pushcube_demos, tmp_path):
 
     import privileged_state
     from envs import flatten_state, make_env
-    from envs.make import gym_make
+    from envs import gym_make
     from par_agent.data.compact import load_episodes_json, read_group
     from par_agent.data.dataset import PhysicalStepDataset
 

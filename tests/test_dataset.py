@@ -82,8 +82,9 @@ def test_split_is_by_episode_disjoint_and_deterministic(tmp_path):
     with h5py.File(path) as f:
         train_ids = [int(k.split("traj_")[1]) for k in tr.episode_keys]
         a = np.concatenate([f[f"traj_{i}/actions"][()] for i in train_ids])
+        # no task recorded: the file's own (h5py's alphabetical) order of the extra fields
         s = np.concatenate([flatten_state({"agent": {k: f[f"traj_{i}/obs/agent/{k}"][()] for k in ("qpos", "qvel")},
-                                           "extra": {k: f[f"traj_{i}/obs/extra/{k}"][()] for k in ("tcp_pose", "is_grasped")}})
+                                           "extra": {k: f[f"traj_{i}/obs/extra/{k}"][()] for k in ("is_grasped", "tcp_pose")}})
                             for i in train_ids])
     np.testing.assert_allclose(tr.stats["action_min"], a.min(0))
     np.testing.assert_allclose(tr.stats["action_max"], a.max(0))
@@ -228,3 +229,24 @@ def test_bad_arguments(tmp_path):
         PhysicalStepDataset(path, history=2, chunk_size=2, split="test")
     with pytest.raises(ValueError, match="history"):
         PhysicalStepDataset(path, history=1, chunk_size=2)
+
+
+@pytest.mark.maniskill
+def test_stored_pickcube_state_is_what_make_env_gives(pickcube_demo):
+    """The .h5 lists PickCube's extra fields alphabetically; the dataset reads them back in ManiSkill's
+    order, so a model trained on stored demos sees the env's state layout (goal_pos last)."""
+    import json
+
+    from envs import make_env
+
+    ds = PhysicalStepDataset(pickcube_demo, history=2, chunk_size=2, split="all")
+    seed = json.loads(pickcube_demo.with_suffix(".json").read_text())["episodes"][0]["episode_seed"]
+    env = make_env("PickCube-v1", camera_size=32)
+    try:
+        obs, _ = env.reset(seed=seed)
+    finally:
+        env.close()
+    np.testing.assert_allclose(ds[0]["state"][0].numpy(), obs["state"], atol=1e-6)
+    np.testing.assert_array_equal(ds[0]["frames"][0].numpy(), obs["rgb"])
+    with h5py.File(pickcube_demo) as f:
+        np.testing.assert_array_equal(ds[0]["state"][0, -3:].numpy(), f["traj_0/obs/extra/goal_pos"][0])

@@ -38,11 +38,39 @@ def test_make_env_real_frames_and_state(task):
         env.close()
 
 
+@pytest.mark.parametrize("obs_mode", ["rgb", "rgb+state_dict"])
+@pytest.mark.parametrize("task", list(TASKS))
+def test_state_equals_maniskills_own_flattening(task, obs_mode):
+    """A user's ManiSkill pipeline (FlattenRGBDObservationWrapper) and make_env give the policy the same
+    state, element by element; and the fixed order table (used to read stored demos) is ManiSkill's."""
+    import gymnasium as gym
+    from mani_skill.utils.wrappers import FlattenRGBDObservationWrapper
+
+    from envs import EXTRA_ORDER, make_env
+
+    theirs = FlattenRGBDObservationWrapper(gym.make(task, obs_mode=obs_mode, control_mode="pd_joint_pos",
+                                                    sensor_configs=dict(width=32, height=32)), depth=False)
+    ours = make_env(task, obs_mode=obs_mode, camera_size=32)
+    try:
+        a, _ = theirs.reset(seed=5)
+        b, _ = ours.reset(seed=5)
+        np.testing.assert_array_equal(a["state"][0].numpy(), b["state"])
+        action = ours.action_space.sample()
+        a = theirs.step(action[None])[0]
+        b = ours.step(action)[0]
+        np.testing.assert_array_equal(a["state"][0].numpy(), b["state"])
+        extra = list(ours.unwrapped.get_obs()["extra"])
+        assert [k for k in EXTRA_ORDER[task] if k in extra] == extra
+    finally:
+        theirs.close()
+        ours.close()
+
+
 def test_only_the_stitched_cameras_are_rendered():
     """StackCube's robot carries a hand_camera; make_env stops capturing it (a CPU renderer pays per
     camera) and the base_camera frames stay bit for bit those of ManiSkill's unpruned env."""
     from envs import make_env
-    from envs.make import gym_make
+    from envs import gym_make
 
     env = make_env("StackCube-v1", camera_size=32)
     raw = gym_make("StackCube-v1", obs_mode="rgb", control_mode="pd_joint_pos", sim_backend="cpu",
@@ -149,7 +177,7 @@ def test_missing_vulkan_gives_setup_hint(monkeypatch):
 def test_flatten_state_layout_numpy_and_torch():
     import torch
 
-    from envs import flatten_state, state_keys
+    from envs import extra_order, flatten_state, state_keys
 
     obs = {
         "agent": {"qpos": np.ones((5, 9)), "qvel": np.full((5, 9), 2.0)},
@@ -157,13 +185,19 @@ def test_flatten_state_layout_numpy_and_torch():
     }
     s = flatten_state(obs)
     assert s.shape == (5, 29) and s.dtype == np.float32
-    # sorted extras: goal_pos (3), is_grasped (1), tcp_pose (7)
-    np.testing.assert_array_equal(s[0], [1] * 9 + [2] * 9 + [4] * 3 + [0] + [3] * 7)
-    assert state_keys(obs)[2:] == ["extra/goal_pos", "extra/is_grasped", "extra/tcp_pose"]
+    # the mapping's own order: tcp_pose (7), is_grasped (1), goal_pos (3)
+    np.testing.assert_array_equal(s[0], [1] * 9 + [2] * 9 + [3] * 7 + [0] + [4] * 3)
+    # PickCube's order in ManiSkill (what a stored file, listed alphabetically, must be read back with)
+    order = extra_order("PickCube-v1")
+    s = flatten_state(obs, order)
+    np.testing.assert_array_equal(s[0], [1] * 9 + [2] * 9 + [0] + [3] * 7 + [4] * 3)
+    assert state_keys(obs, order)[2:] == ["extra/is_grasped", "extra/tcp_pose", "extra/goal_pos"]
     tobs = {g: {k: torch.as_tensor(v) for k, v in d.items()} for g, d in obs.items()}
-    ts = flatten_state(tobs)
+    ts = flatten_state(tobs, order)
     assert isinstance(ts, torch.Tensor) and ts.dtype == torch.float32
     np.testing.assert_array_equal(ts.numpy(), s)
+    with pytest.raises(ValueError, match=r"\['obj_pose'\] are not in the given order"):
+        flatten_state({**obs, "extra": {**obs["extra"], "obj_pose": np.zeros((5, 7))}}, ("tcp_pose", "is_grasped", "goal_pos"))
 
 
 def test_video_recorder(tmp_path):

@@ -110,7 +110,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
         import mani_skill.envs  # noqa: F401
         from mani_skill.utils.wrappers.record import RecordEpisode
 
-        from envs.make import _capture_only, _keep_renderer_warm, gym_make, sensor_configs
+        from envs import capture_only, gym_make, keep_renderer_warm, sensor_configs
 
         solve = _solutions()[task]
         parent = mp.parent_process()  # None when run in the calling process (one worker)
@@ -124,9 +124,9 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
                 sensor_configs=sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)),
                 max_episode_steps=max_episode_steps, sim_backend="cpu",
             )
-            _keep_renderer_warm(env)
+            keep_renderer_warm(env)
             if cameras is not None:
-                _capture_only(env, cameras)
+                capture_only(env, cameras)
             env = RecordEpisode(
                 env, output_dir=str(chunk_dir), trajectory_name=name + ".partial", save_video=False,
                 source_type="motionplanning",
@@ -188,9 +188,9 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
     from mani_skill.trajectory.merge_trajectory import merge_trajectories
     from tqdm import tqdm
 
-    from envs.make import _check_task, default_max_episode_steps
+    from envs import check_task, default_max_episode_steps
 
-    _check_task(task)
+    check_task(task)
     solutions = _solutions()
     if task not in solutions:
         raise ValueError(f"no motion-planning solution for {task!r}; available: {', '.join(sorted(solutions))}")
@@ -207,7 +207,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
             stale.unlink()
 
         existing = ([final] if final.exists() else []) + _finished_chunks(chunk_dir)
-        from envs.make import sensor_configs
+        from envs import sensor_configs
 
         _check_same_cameras(existing, sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)))
         seeds = _recorded_seeds(existing)

@@ -11,7 +11,7 @@ An item is a window of ``T = history`` consecutive physical steps starting at an
 ``0..N``; steps past the end are padded (last observation / last action repeated, masks False):
 
     frames       uint8   (T, H, W, 3)     o_s .. o_{s+T-1}, channel-last
-    state        float32 (T, D_s)         raw (not normalised), layout of envs.flatten_state
+    state        float32 (T, D_s)         raw (not normalised), layout of envs.flatten_state (ManiSkill's order)
     actions      float32 (T-1, K, D_a)    actions[i] = A_{s+i}, the chunk from o_{s+i} to o_{s+i+1}
     frame_mask   bool    (T,)             o_{s+i} is a real observation
     action_mask  bool    (T-1, K)         the action is real
@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from envs.state import flatten_state
-from envs.wrappers import stitch_cameras
+from envs import extra_order, flatten_state, stitch_cameras
 from par_agent.data.compact import (
     is_compact_dir,
     open_h5,
@@ -71,7 +70,16 @@ class _Episode:
 # ----------------------------------------------------------------------------- sources
 
 
+def _state_order(env_info: dict) -> Optional[tuple[str, ...]]:
+    """The order of the recorded task's extra state fields (ManiSkill's, ``envs.extra_order``); stored
+    files list them alphabetically. ``None`` (the file's own order) when the task is not recorded."""
+    env_id = (env_info or {}).get("env_id")
+    return extra_order(env_id) if env_id else None
+
+
 def _h5_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
+    meta = path.with_suffix(".json")
+    order = _state_order(json.loads(meta.read_text()).get("env_info")) if meta.is_file() else None
     with open_h5(path) as f:
         try:
             names = sorted((k for k in f.keys() if k.startswith("traj_")), key=lambda k: int(k[5:]))
@@ -92,7 +100,7 @@ def _h5_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
                     obs = g["obs"]
                     out = {"actions": g["actions"][()].astype(np.float32)}
                     out["state"] = flatten_state(
-                        {k: read_group(obs[k]) for k in ("agent", "extra") if k in obs}
+                        {k: read_group(obs[k]) for k in ("agent", "extra") if k in obs}, order
                     )
                     if with_frames:
                         sd = {c: {"rgb": obs[f"sensor_data/{c}/rgb"][()]} for c in cameras
@@ -111,6 +119,7 @@ def _h5_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
 
 def _compact_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
     meta = read_compact_meta(path)
+    order = _state_order(meta.get("env_info"))
     if not meta["episodes"]:
         raise ValueError(f"{path}: compact folder holds no episodes")
     missing = set(cameras) - set(meta["episodes"][0]["videos"])
@@ -124,7 +133,7 @@ def _compact_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
             data = read_compact_episode(path, e)
             obs = data["obs"]
             out = {"actions": data["actions"].astype(np.float32),
-                   "state": flatten_state({k: obs[k] for k in ("agent", "extra") if k in obs})}
+                   "state": flatten_state({k: obs[k] for k in ("agent", "extra") if k in obs}, order)}
             if with_frames:
                 out["frames"] = stitch_cameras(obs["sensor_data"], cameras)
             return out
