@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SAMPLERS = ("dpmsolver", "ddim")
+ENV_KWARGS = ("control_mode", "obs_mode", "camera_size", "camera_fov", "cameras", "max_episode_steps")
 
 
 @dataclass
@@ -79,7 +80,16 @@ class PARConfig:
     """Blocks dropped when the context is full (0 = history // 2). Dropping several at once and
     re-filling the cache keeps positions and the first block identical to training windows."""
 
+    # --- environment -------------------------------------------------------------------------
+    env_kwargs: dict = field(default_factory=dict)
+    """The ``envs.make_env`` keyword arguments of the env the demos came from (``control_mode``,
+    ``obs_mode``, ``camera_size``, ``camera_fov``, ``cameras``, ``max_episode_steps``), recorded by
+    ``par-train finetune``; ``{}`` when unknown. ``PARPolicy.env_kwargs`` exposes them."""
+
     def __post_init__(self) -> None:
+        unknown_env = sorted(set(self.env_kwargs) - set(ENV_KWARGS))
+        if unknown_env:
+            raise ValueError(f"PARConfig.env_kwargs has unknown keys {unknown_env}; allowed: {list(ENV_KWARGS)}")
         self.vae_channels = tuple(int(c) for c in self.vae_channels)
         self.task_names = tuple(str(t) for t in self.task_names)
         positive = [

@@ -55,20 +55,23 @@ def parse_seeds(text: str | None, n: int) -> list[int]:
 
 def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode_steps: int | None = None,
              videos: int = 0, video_dir: str | Path | None = None, deterministic: bool = True,
-             vec_env_cls: str = "dummy", progress: bool = True, camera_size: int | None = None,
-             obs_mode: str = "rgb") -> dict[str, Any]:
+             vec_env_cls: str = "dummy", progress: bool = True, **env_overrides: Any) -> dict[str, Any]:
     """Run one episode per seed; returns the report (see module docstring).
 
     ``policy`` is any object with SB3's ``predict(obs, state, episode_start, deterministic)``;
-    a :class:`PARPolicy` also supplies its predicted frames for the videos.
+    a :class:`PARPolicy` also supplies its predicted frames for the videos and the env it was
+    trained for (``policy.env_kwargs``: camera, control mode, observation mode, episode limit).
+    ``env_overrides`` (``make_env`` keyword arguments, e.g. ``camera_size``, ``obs_mode``; ``None``
+    values are ignored) replace those.
     """
     from envs import VideoRecorder, default_max_episode_steps, make_vec_env
 
-    max_steps = max_episode_steps or default_max_episode_steps(task)
+    env_kwargs = {**getattr(policy, "env_kwargs", {}), **{k: v for k, v in env_overrides.items() if v is not None}}
+    recorded_steps = env_kwargs.pop("max_episode_steps", None)
+    max_steps = max_episode_steps or recorded_steps or default_max_episode_steps(task)
     num_envs = max(1, min(num_envs, len(seeds)))
-    size = camera_size or getattr(getattr(policy, "cfg", None), "image_size", 128)
     vec = make_vec_env(task, num_envs, seed=seeds[0], vec_env_cls=vec_env_cls, max_episode_steps=max_steps,
-                       camera_size=size, obs_mode=obs_mode)
+                       **env_kwargs)
     t_start = time.time()
     queue = list(enumerate(seeds))
     slot: list[tuple[int, int] | None] = [None] * num_envs  # (episode index, seed) per env
@@ -146,8 +149,8 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
         # fraction of episodes in which each boolean info flag was ever true: where a failure happens
         "subgoal_rates": {k: sum(r.get("reached", {}).get(k, False) for r in results.values()) / n for k in flags},
         "per_seed": [results[j] for j in sorted(results)],
-        "env": {"max_episode_steps": max_steps, "num_envs": num_envs, "control_mode": "pd_joint_pos",
-                "obs_mode": obs_mode, "camera_size": size, "vec_env": vec_env_cls},
+        "env": {"control_mode": "pd_joint_pos", "obs_mode": "rgb", **env_kwargs, "max_episode_steps": max_steps,
+                "num_envs": num_envs, "vec_env": vec_env_cls},
         "wall_time_s": time.time() - t_start,
         "policy_ms_per_control_step": 1000 * policy_time / max(control_steps, 1),
         "deterministic": deterministic,
@@ -173,9 +176,9 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--no-kv-cache", action="store_true")
     p.add_argument("--stochastic", action="store_true", help="sample with fresh noise (default: deterministic)")
-    p.add_argument("--obs-mode", default="rgb",
-                   help="ManiSkill observation mode; 'rgb+state_dict' adds the task's privileged state "
-                        "(for a model trained on benchmarks/privileged_state.py's data)")
+    p.add_argument("--obs-mode", default=None,
+                   help="ManiSkill observation mode (default: the one the policy was trained with, else 'rgb'); "
+                        "'rgb+state_dict' adds the task's privileged state")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
 

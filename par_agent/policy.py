@@ -11,6 +11,7 @@ the number of envs changes. The frames the model imagined are available from
 """
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from typing import Any
 
@@ -21,6 +22,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from par_agent.config import PARConfig
 from par_agent.models import InferenceState, PhysicalAutoregressiveModel
+from par_agent.tokenizers.frames import resize_frames
 
 # Config fields that may be changed when loading: they do not change the weights.
 RUNTIME_OVERRIDES = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks")
@@ -84,6 +86,13 @@ class PARPolicy(BasePolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:  # used by SB3's save()
         return {**super()._get_constructor_parameters(), "task": self.task, "seed": self.seed}
 
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``envs.make_env`` for the env this checkpoint was trained for:
+        ``make_env(policy.task, **policy.env_kwargs)``. Older checkpoints record none; then the camera
+        size is the model's frame size and the rest are make_env's defaults."""
+        return {"camera_size": self.cfg.image_size, **self.cfg.env_kwargs}
+
     # ------------------------------------------------------------------ state
     def reset(self, n_envs: int | None = None) -> None:
         """Forget all history (of ``n_envs`` envs, default: keep the current count)."""
@@ -120,8 +129,11 @@ class PARPolicy(BasePolicy):
         if rgb.dtype != np.uint8:
             raise ValueError(f"observation['rgb'] must have dtype uint8, got {rgb.dtype}")
         batched = rgb.ndim == 4
-        if rgb.shape[-3:] != (s, s, 3) or rgb.ndim not in (3, 4):
-            raise ValueError(f"observation['rgb'] must have shape ({s}, {s}, 3) or (n_envs, {s}, {s}, 3), got {rgb.shape}")
+        if rgb.ndim not in (3, 4) or rgb.shape[-1] != 3 or rgb.shape[-2] != rgb.shape[-3]:
+            raise ValueError(f"observation['rgb'] must have shape ({s}, {s}, 3) or (n_envs, {s}, {s}, 3) "
+                             f"(a square channel-last image of any size), got {rgb.shape}")
+        if rgb.shape[-2] != s:
+            rgb = self._resize(rgb)
         want = (rgb.shape[0], self.cfg.state_dim) if batched else (self.cfg.state_dim,)
         if st.shape != want:
             raise ValueError(f"observation['state'] must have shape {want}, got {st.shape} (its size depends on "
@@ -135,6 +147,19 @@ class PARPolicy(BasePolicy):
         if not batched:
             rgb, st = rgb[None], st[None]
         return rgb, st.astype(np.float32), batched
+
+    def _resize(self, rgb: np.ndarray) -> np.ndarray:
+        """(..., H, H, 3) -> (..., s, s, 3), antialiased as the training frames were. Warns once when H
+        is not the camera size the model was trained with (an env made without ``**policy.env_kwargs``)."""
+        size = rgb.shape[-2]
+        if size != self.env_kwargs["camera_size"] and not getattr(self, "_warned_size", False):
+            self._warned_size = True
+            warnings.warn(f"camera images are {size}x{size}; this policy was trained on "
+                          f"{self.env_kwargs['camera_size']}x{self.env_kwargs['camera_size']} camera images "
+                          f"resized to {self.cfg.image_size}x{self.cfg.image_size}; resizing. Build the env "
+                          "with make_env(task, **policy.env_kwargs) to match", stacklevel=4)
+        lead = rgb.shape[:-3]
+        return resize_frames(rgb.reshape(-1, *rgb.shape[-3:]), self.cfg.image_size).reshape(*lead, *([self.cfg.image_size] * 2), 3)
 
     # ------------------------------------------------------------------ acting
     def predict(self, observation: dict[str, np.ndarray], state: tuple[np.ndarray, ...] | None = None,

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from par_agent.config import PARConfig
+from par_agent.data.sources import env_info, make_env_kwargs, task_of
 from par_agent.models import PhysicalAutoregressiveModel
 from par_agent.tokenizers import background_frame, frame_psnr, get_dataset_stats, set_dataset_stats
 
@@ -222,26 +223,15 @@ class TokenizedWindows(torch.utils.data.Dataset):
         return item
 
 
-def task_of(path: str) -> str | None:
-    """The ManiSkill env id recorded with a data source (``env_info.env_id`` of the trajectory
-    json or of a compact folder's ``meta.json``), or None (e.g. plain videos)."""
-    p = Path(path)
-    candidates = [p.with_suffix(".json")] if p.suffix == ".h5" else []
-    if p.is_dir():
-        candidates += [p / "meta.json"] + sorted(h.with_suffix(".json") for h in p.rglob("*.h5") if "chunks" not in h.parts)
-        candidates += sorted(p.rglob("meta.json"))
-    for c in candidates:
-        if c.is_file():
-            try:
-                env_id = json.loads(c.read_text()).get("env_info", {}).get("env_id")
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            if env_id:
-                return env_id
-    return None
-
-
 # ----------------------------------------------------------------------------- model
+def recorded_env_kwargs(paths) -> dict:
+    """The make_env keyword arguments recorded with the fine-tuning data (one env set-up for all sources)."""
+    found = {json.dumps(make_env_kwargs(env_info(p)), sort_keys=True) for p in paths if env_info(p)}
+    if len(found) > 1:
+        raise ValueError(f"the data sources {list(paths)} were recorded with different env settings: {sorted(found)}")
+    return json.loads(found.pop()) if found else {}
+
+
 def data_tasks(args: TrainArgs) -> tuple[str, ...]:
     """The task names of the stage's data: ``--tasks``, else those recorded with the data sources."""
     return tuple(args.tasks) or tuple(sorted({t for t in (task_of(p) for p in args.data) if t}))
@@ -419,7 +409,7 @@ def train(args: TrainArgs) -> dict:
                                                      tokens_from=model if args.stage != "tokenizer" else None)
     if args.stage == "finetune" and resume is None:
         dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]))
-        model, reinit = adapt_model(model, **dims)
+        model, reinit = adapt_model(model, **dims, env_kwargs=recorded_env_kwargs(args.data))
         if reinit:  # e.g. PickCube's 29 state values after video pretraining with 25
             note += f"; {dims} from the data (re-initialised {', '.join(reinit)})"
         cfg = model.cfg

@@ -68,7 +68,7 @@ def test_actions_clipped_to_given_action_space():
         ({"state": np.zeros(25, np.float32)}, "missing key 'rgb'"),
         ({"rgb": np.zeros((32, 32, 3), np.uint8)}, "missing key 'state'"),
         ({"rgb": np.zeros((32, 32, 3), np.float32), "state": np.zeros(25, np.float32)}, "dtype uint8, got float32"),
-        ({"rgb": np.zeros((64, 64, 3), np.uint8), "state": np.zeros(25, np.float32)}, r"shape \(32, 32, 3\).*got \(64, 64, 3\)"),
+        ({"rgb": np.zeros((64, 48, 3), np.uint8), "state": np.zeros(25, np.float32)}, r"shape \(32, 32, 3\).*got \(64, 48, 3\)"),
         ({"rgb": np.zeros((32, 32, 3), np.uint8), "state": np.zeros(24, np.float32)}, r"'state'.*\(25,\), got \(24,\)"),
         ({"rgb": np.zeros((32, 32, 3), np.uint8), "state": np.full(25, np.nan, np.float32)}, "non-finite"),
         ({"rgb": np.zeros((32, 32, 3), np.uint8), "state": np.zeros(25, np.int64)}, "float dtype"),
@@ -77,6 +77,27 @@ def test_actions_clipped_to_given_action_space():
 def test_bad_observations_named(bad, match):
     with pytest.raises(ValueError, match=match):
         tiny_policy().predict(bad)
+
+
+def test_other_image_size_is_resized_with_one_warning():
+    """A 64x64 camera gives the actions of the same image resized (antialiased) to the model's 32x32."""
+    import warnings
+
+    from par_agent.tokenizers.frames import resize_frames
+
+    big = [obs(seed=t) for t in range(3)]
+    for o in big:
+        o["rgb"] = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    small = [{**o, "rgb": resize_frames(o["rgb"][None], 32)[0]} for o in big]
+    p, q = tiny_policy(), tiny_policy()
+    with pytest.warns(UserWarning, match=r"64x64.*make_env\(task, \*\*policy.env_kwargs\)") as record:
+        a = [p.predict(o, deterministic=True)[0] for o in big]
+    assert len([w for w in record if "64x64" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = [q.predict(o, deterministic=True)[0] for o in small]
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
+    assert p.env_kwargs == {"camera_size": 32}
 
 
 def test_gym_tuple_mistake_explained():

@@ -92,6 +92,13 @@ def test_par_eval_report(trained_run, tmp_path):
     assert not any(k.startswith("TimeLimit") for k in flags)  # SB3 bookkeeping, not a sub-goal
     for k, rate in r["subgoal_rates"].items():
         assert rate == sum(e.get("reached", {}).get(k, False) for e in r["per_seed"]) / 3
+    # the checkpoint knows the env of its demos (128 px camera, control mode, ...), and par-eval builds that env
+    from par_agent import PARPolicy
+
+    env_kwargs = PARPolicy.from_pretrained(str(trained_run / "finetune" / "final")).env_kwargs
+    assert env_kwargs == {"camera_size": 128, "control_mode": "pd_joint_pos", "obs_mode": "rgb",
+                          "cameras": ["base_camera"], "max_episode_steps": 100}
+    assert r["env"]["camera_size"] == 128 and r["env"]["max_episode_steps"] == 4
 
 
 def test_kill_after_checkpoint_then_resume(pushcube_demos, tmp_path, monkeypatch):
@@ -212,7 +219,8 @@ def test_frames_only_stages_mix_tasks_whose_state_sizes_differ(pushcube_demos, t
     with h5py.File(other, "r+") as f:
         for name in f:
             n = len(f[name]["obs/agent/qpos"])
-            f[name]["obs/extra"].create_dataset("zz_extra", data=np.zeros((n, 4), np.float32))
+            f[name]["obs/extra"].create_dataset("goal_pos", data=np.zeros((n, 3), np.float32))
+            f[name]["obs/extra"].create_dataset("is_grasped", data=np.zeros(n, bool))
     out = tmp_path / "run"
     data = [str(pushcube_demos), str(other)]
     train_main(["tokenizer", "--data", *data, "--out", str(out), "--steps", "2", *TINY, "--batch-size", "4"])

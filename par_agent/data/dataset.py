@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from envs import extra_order, flatten_state, stitch_cameras
+from par_agent.tokenizers.frames import resize_frames
 from par_agent.data.compact import (
     is_compact_dir,
     open_h5,
@@ -246,17 +247,6 @@ def load_stats(path) -> dict:
     return {k: (np.asarray(v, np.float32) if k in STAT_KEYS else v) for k, v in raw.items()}
 
 
-def _resize(frames: np.ndarray, image_size: int) -> np.ndarray:
-    """``(T, H, W, 3)`` uint8 -> ``(T, image_size, round(image_size*W/H), 3)`` uint8 (antialiased bilinear)."""
-    t, h, w, _ = frames.shape
-    out_w = max(1, round(image_size * w / h))
-    if (h, w) == (image_size, out_w):
-        return frames
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    x = torch.nn.functional.interpolate(x, size=(image_size, out_w), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
 # ----------------------------------------------------------------------------- dataset
 
 
@@ -331,7 +321,7 @@ class PhysicalStepDataset(Dataset):
             idx = np.minimum(np.arange(N + 1) * K, L)
             fr = f[idx]
             if image_size is not None:
-                fr = _resize(fr, image_size)
+                fr = resize_frames(fr, image_size)
             frames.append(fr)
             if self.has_state:
                 states.append(data["state"][idx].astype(np.float32))

@@ -144,6 +144,20 @@ class FrameTokenizer(nn.Module):
         self.latent_std.copy_(z.std(1).clamp_min(1e-4))
 
 
+def resize_frames(frames: np.ndarray, image_size: int) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 -> ``(T, image_size, round(image_size*W/H), 3)`` uint8 (antialiased bilinear).
+
+    The one resize of camera frames: the dataset applies it to stored demos, the policy to camera
+    images of another size than the model's, so both see the same pixels."""
+    t, h, w, _ = frames.shape
+    out_w = max(1, round(image_size * w / h))
+    if (h, w) == (image_size, out_w):
+        return frames
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.interpolate(x, size=(image_size, out_w), mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
 def background_frame(frames: np.ndarray | torch.Tensor | list, max_frames: int = 2048) -> torch.Tensor:
     """The static scene of a fixed camera: the per-pixel median of (N, H, W, 3) uint8 frames
     (an even subsample of at most ``max_frames``) -> (H, W, 3) uint8. Objects placed at random
