@@ -37,6 +37,13 @@ def check_task(task: str) -> None:
         )
 
 
+def has_display() -> bool:
+    """Whether a window can be opened (ManiSkill's ``render_mode="human"`` viewer needs one)."""
+    import os
+
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def _is_vulkan_error(err: BaseException) -> bool:
     msg = str(err).lower()
     return any(s in msg for s in ("vk::", "vulkan", "physical device", "incompatibledriver", "render device"))

@@ -16,6 +16,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.utils import seeding
 
+from envs.maniskill import has_display
 from envs.state import flatten_state
 
 
@@ -107,6 +108,10 @@ class SingleEnvNumpyWrapper(gym.Wrapper):
             raise ValueError("SingleEnvNumpyWrapper needs num_envs == 1")
         self.observation_space = getattr(env, "single_observation_space", None) or env.unwrapped.single_observation_space
         self.action_space = env.unwrapped.single_action_space
+        # ManiSkill lists "human" (a viewer window); on a machine without a display it cannot open, so
+        # it is not advertised there (gymnasium's check_env re-makes the env in every listed mode)
+        modes = tuple(env.metadata.get("render_modes", ()))
+        self.metadata = {**env.metadata, "render_modes": tuple(m for m in modes if m != "human" or has_display())}
         self._first_seed = seed
         self._spec = None
 

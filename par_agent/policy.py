@@ -51,12 +51,20 @@ class PARPolicy(BasePolicy):
         observation_space, action_space: default to the model's (see ``observation_space_for``);
             pass the env's action space to clip to it.
         seed: seed of the per-env noise generators used when ``deterministic=True``.
+        config: instead of ``model``, the config of a new (untrained) model; SB3's ``load`` rebuilds
+            the policy this way, then loads the saved weights into it.
+        normalize_images: SB3's flag, accepted for ``load``; frames are always read as uint8 pixels.
     """
 
-    def __init__(self, model: PhysicalAutoregressiveModel, task: str | None = None,
+    def __init__(self, model: PhysicalAutoregressiveModel | None = None, task: str | None = None,
                  observation_space: spaces.Space | None = None, action_space: spaces.Box | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(observation_space or observation_space_for(model.cfg), action_space or action_space_for(model))
+                 seed: int = 0, config: PARConfig | dict | None = None, normalize_images: bool = False) -> None:
+        if (model is None) == (config is None):
+            raise TypeError("PARPolicy needs exactly one of model= (a PhysicalAutoregressiveModel) or config=")
+        if model is None:
+            model = PhysicalAutoregressiveModel(config if isinstance(config, PARConfig) else PARConfig.from_dict(config))
+        super().__init__(observation_space or observation_space_for(model.cfg), action_space or action_space_for(model),
+                         normalize_images=False)
         self.model = model.eval()
         self.cfg = model.cfg
         self.task = task or self.cfg.task_names[0]
@@ -83,8 +91,12 @@ class PARPolicy(BasePolicy):
         """Write ``config.json`` + ``model.safetensors`` (weights, tokenizer, statistics)."""
         return self.model.save_pretrained(folder, dtype=dtype)
 
-    def _get_constructor_parameters(self) -> dict[str, Any]:  # used by SB3's save()
-        return {**super()._get_constructor_parameters(), "task": self.task, "seed": self.seed}
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        """What SB3's ``save`` stores beside the weights so that ``PARPolicy.load`` rebuilds the policy:
+        the spaces, task, seed and the model's config (the weights, tokenizer and statistics are in
+        the state dict)."""
+        return {**super()._get_constructor_parameters(), "task": self.task, "seed": self.seed,
+                "config": self.cfg.to_dict()}
 
     @property
     def env_kwargs(self) -> dict[str, Any]:

@@ -39,3 +39,27 @@ def test_evaluate_policy_two_envs_resets_rows_exactly_at_episode_starts():
             else:
                 assert after[i] is before[i], "row reset in the middle of an episode"
     assert starts >= 4
+
+
+def test_sb3_save_load_round_trip(tmp_path):
+    """SB3's own policy.save / PARPolicy.load: same config, weights and statistics, identical actions."""
+    import torch
+
+    from helpers import tiny_model
+    from par_agent import PARPolicy
+
+    m = tiny_model()
+    m.action_norm.set_stats(-np.ones(8, np.float32), np.full(8, 2.0, np.float32))
+    p = PARPolicy(m, seed=3)
+    p.save(str(tmp_path / "p.pt"))
+    q = PARPolicy.load(str(tmp_path / "p.pt"), device="cpu")
+    assert q.cfg == p.cfg and q.task == p.task and q.seed == 3
+    for (k, a), (k2, b) in zip(p.state_dict().items(), q.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    rng = np.random.default_rng(0)
+    seq = [{"rgb": rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+            "state": rng.standard_normal((2, 25)).astype(np.float32)} for _ in range(5)]
+    starts = [np.array([t == 0, t == 0]) for t in range(5)]
+    a = [p.predict(o, episode_start=s, deterministic=True)[0] for o, s in zip(seq, starts)]
+    b = [q.predict(o, episode_start=s, deterministic=True)[0] for o, s in zip(seq, starts)]
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
