@@ -6,7 +6,7 @@
 
 Each stage writes ``OUT/<stage>/``: ``ckpt-<step>/`` training checkpoints (written to a temporary
 folder, then renamed; ``latest`` names the newest), ``metrics.csv``, TensorBoard events,
-validation videos, and at the end ``final/``: the EMA weights as a PAR checkpoint folder that
+validation videos (real beside predicted next frames; the video stages only), and at the end ``final/``: the EMA weights as a PAR checkpoint folder that
 ``PARPolicy.from_pretrained`` loads. Re-running a stage resumes from ``latest``. A stage starts
 from the previous stage's ``final/`` (``--init`` to choose another folder).
 
@@ -36,7 +36,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
-from par_agent.config import PARConfig
+from par_agent.config import PRESETS, PARConfig
+from par_agent.device import resolve_device
 from par_agent.data.sources import env_info, make_env_kwargs, task_of
 from par_agent.models import PhysicalAutoregressiveModel
 from par_agent.tokenizers import background_frame, frame_psnr, get_dataset_stats, set_dataset_stats
@@ -381,10 +382,7 @@ def train(args: TrainArgs) -> dict:
     if args.stage not in STAGES:
         raise ValueError(f"unknown stage {args.stage!r}; choose from {STAGES}")
     rank, world, local_rank = dist_setup()
-    if args.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = resolve_device(args.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     stage_dir = args.out / args.stage
@@ -578,7 +576,8 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (frames are already in memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="checkpoint folder to start from (default: previous stage's final/)")
-    p.add_argument("--preset", default="small", help="model size when starting from scratch: small | tiny")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS),
+                   help="model size when starting from scratch (cpu64: 64x64 frames, trains on a CPU)")
     p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. --set chunk_size=4 history=8")
     p.add_argument("--tasks", nargs="*", default=[], help="task names of the model (default: those in the data)")
@@ -593,6 +592,10 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     a = p.parse_args(argv)
     if a.val_windows < 1:
         p.error(f"--val-windows must be at least 1, got {a.val_windows}")
+    try:
+        resolve_device(a.device)
+    except (RuntimeError, ValueError) as err:  # e.g. --device cuda on a machine without CUDA: one line
+        p.error(str(err))
     lr = a.lr if a.lr is not None else (1e-3 if a.stage == "tokenizer" else 3e-4)
     return TrainArgs(stage=a.stage, data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=lr,
                      weight_decay=a.weight_decay, warmup=a.warmup, grad_clip=a.grad_clip, ema=a.ema,

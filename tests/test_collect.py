@@ -200,7 +200,7 @@ def test_killed_collect_leaves_no_workers(sig, tmp_path):
                     os.kill(pid, signal.SIGKILL)
 
 
-def test_second_collect_into_the_same_folder_is_refused(tmp_path):
+def test_second_collect_into_the_same_folder_is_refused(tmp_path, capsys):
     """Two par-collect runs on one folder would delete each other's unfinished chunks and reuse seeds."""
     import fcntl
 
@@ -213,4 +213,11 @@ def test_second_collect_into_the_same_folder_is_refused(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RuntimeError, match="another par-collect is collecting into"):
             collect("PushCube-v1", 2, tmp_path, workers=1, progress=False)
+        # the command line says it in one line, without a traceback
+        from par_agent.data.collect import main
+
+        assert main(["--task", "PushCube-v1", "--num-demos", "2", "--out", str(tmp_path), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("par-collect: error: another par-collect is collecting into")
+        assert not any("Traceback" in line for line in err)
     assert (chunks / "chunk_s00000000_w0.partial.h5").exists()  # the other run's chunk is untouched

@@ -250,3 +250,30 @@ def test_stored_pickcube_state_is_what_make_env_gives(pickcube_demo):
     np.testing.assert_array_equal(ds[0]["frames"][0].numpy(), obs["rgb"])
     with h5py.File(pickcube_demo) as f:
         np.testing.assert_array_equal(ds[0]["state"][0, -3:].numpy(), f["traj_0/obs/extra/goal_pos"][0])
+
+
+def test_non_square_videos_are_center_cropped(tmp_path):
+    """Plain videos of any aspect: the centre square of each frame, then the model's size."""
+    import imageio.v2 as imageio
+
+    folder = tmp_path / "wide"
+    folder.mkdir()
+    frames = np.zeros((9, 32, 64, 3), np.uint8)
+    frames[:, :, 16:48] = 200  # the centre square is bright, the sides dark
+    imageio.mimwrite(folder / "wide.mp4", list(frames), fps=20, codec="libx264", quality=None,
+                     output_params=["-crf", "0"], macro_block_size=1)
+    ds = PhysicalStepDataset(folder, history=2, chunk_size=4, frames_only=True, image_size=16)
+    f = ds[0]["frames"].numpy()
+    assert f.shape == (2, 16, 16, 3)
+    assert f.min() > 150  # only the centre square was kept
+
+
+def test_frame_size_mismatch_names_the_file(tmp_path):
+    import imageio.v2 as imageio
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name, size in (("a.mp4", 32), ("b.mp4", 48)):
+        imageio.mimwrite(folder / name, [np.zeros((size, size, 3), np.uint8)] * 9, fps=20, macro_block_size=1)
+    with pytest.raises(ValueError, match=r"b\.mp4.*same frame size"):
+        PhysicalStepDataset(folder, history=2, chunk_size=4, frames_only=True)

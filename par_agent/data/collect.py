@@ -330,6 +330,16 @@ def _exit_on_sigterm(signum, frame):
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except (RuntimeError, ValueError) as err:
+        if "par-collect worker failed" in str(err):  # a worker's traceback is the useful part
+            raise
+        print(f"par-collect: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM (kill, timeout, a batch scheduler) stops the workers too; restored on return
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None

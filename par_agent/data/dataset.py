@@ -147,11 +147,22 @@ def _compact_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
 def _video_episodes(paths: list[Path]) -> list[_Episode]:
     def loader(p):
         def load(with_frames: bool) -> dict:
-            return {"frames": read_video(p) if with_frames else None}
+            return {"frames": center_square(read_video(p)) if with_frames else None}
 
         return load
 
     return [_Episode(f"{p.parent.name}/{p.name}", str(p), loader(p), False, False) for p in paths]
+
+
+def center_square(frames: np.ndarray) -> np.ndarray:
+    """``(T, H, W, 3)`` -> ``(T, S, S, 3)`` with ``S = min(H, W)``: the centre square of each frame.
+
+    Plain videos for video pretraining may have any aspect; PAR's frames are square, and cropping
+    keeps the pixels' scale (padding would add borders the robot's camera never shows)."""
+    h, w = frames.shape[1:3]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return frames[:, top:top + s, left:left + s]
 
 
 def demo_h5_files(path: str | os.PathLike) -> list[Path]:
@@ -322,6 +333,9 @@ class PhysicalStepDataset(Dataset):
             fr = f[idx]
             if image_size is not None:
                 fr = resize_frames(fr, image_size)
+            if frames and fr.shape[1:] != frames[0].shape[1:]:
+                raise ValueError(f"{episodes[i].source}: frames of {fr.shape[1:]} (H, W, C), but the first episode's "
+                                 f"are {frames[0].shape[1:]}; every episode must have the same frame size")
             frames.append(fr)
             if self.has_state:
                 states.append(data["state"][idx].astype(np.float32))

@@ -347,8 +347,10 @@ class PhysicalAutoregressiveModel(nn.Module):
         ``overrides`` replace config fields that do not change the weights, e.g.
         ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``.
         """
+        from par_agent.device import resolve_device
         from par_agent.hub import load_state, read_checkpoint, resolve
 
+        device = resolve_device(device)
         folder = resolve(name_or_path)
         cfg, state, _ = read_checkpoint(folder)
         if overrides:
