@@ -321,6 +321,126 @@ class PhysicalAutoregressiveModel(nn.Module):
         f = self.predict_frame(st, generator=generator, temperature=temperature)
         return self.predict_actions(st, f, generator=generator, temperature=temperature), f
 
+    # ------------------------------------------------------------------ many episodes in one call
+    # The functions below take a list of contexts, one episode each (batch 1), whose lengths may
+    # differ (episodes reset at different times), and serve them with one backbone call: the policy's
+    # path for many envs. Row r's tokens are right-aligned behind padding, keep their own positions
+    # (so the rotary phases are those of a call for that context alone) and the padding is masked.
+
+    def _run_rows(self, states: list[InferenceState], emb: torch.Tensor | None = None,
+                  kinds: torch.Tensor | None = None, keep: bool = True) -> list[torch.Tensor]:
+        """Append the block ``emb`` (R, n, D) of kinds (n,) to every context and return its outputs, one
+        (1, n, D) per context; with ``keep`` the block stays in each context's cache. Without ``emb``:
+        recompute every context from its blocks (refilling its cache) and return the outputs of each
+        one's last real block. Uncached contexts are always recomputed whole, as :meth:`_run` does."""
+        dev, R = self.device, len(states)
+        full = emb is None or states[0].cache is None
+        xs, old = [], []
+        for r, st in enumerate(states):
+            extra = [emb[r:r + 1]] if emb is not None else []
+            xs.append(torch.cat([self.embed_task(st.task)] + st.blocks + extra, dim=1) if full else extra[0])
+            old.append(0 if full else st.cache.length)
+        new = [x.shape[1] for x in xs]
+        n, Mo = max(new), max(old)
+        x = torch.cat([nn.functional.pad(xi, (0, 0, n - ni, 0)) for xi, ni in zip(xs, new)])  # (R, n, D)
+        pos = torch.zeros(R, n, dtype=torch.long)
+        mask = torch.zeros(R, n, Mo + n, dtype=torch.bool)
+        for r, st in enumerate(states):
+            block, kind = self._meta_cpu(st, kinds if emb is not None else None)
+            p = torch.arange(len(block))
+            q = slice(old[r], None)
+            keys = torch.cat([torch.arange(Mo - old[r], Mo), torch.arange(Mo + n - new[r], Mo + n)])
+            pos[r, n - new[r]:] = p[q]
+            mask[r, n - new[r]:][:, keys] = ik_attention_mask(block[q], kind[q], p[q], block, kind, p)
+            pad = torch.arange(n - new[r])
+            mask[r, pad, Mo + pad] = True  # a padding query sees itself only (its output is dropped)
+        cache = None
+        if states[0].cache is not None:
+            c0 = states[0].cache
+            cache = KVCache(c0.k.shape[0], R, c0.k.shape[2], Mo + n, c0.k.shape[4], dev, c0.k.dtype)
+            for r, st in enumerate(states):
+                if not full:
+                    cache.k[:, r, :, Mo - old[r]:Mo] = st.cache.k[:, 0, :, :old[r]]
+                    cache.v[:, r, :, Mo - old[r]:Mo] = st.cache.v[:, 0, :, :old[r]]
+            cache.length = Mo
+        h = self.backbone(x, pos.to(dev), mask.to(dev), cache)
+        if cache is not None and keep:
+            for r, st in enumerate(states):
+                src = slice(Mo + n - new[r], Mo + n)
+                st.cache.length = old[r]
+                st.cache.k[:, 0, :, old[r]:old[r] + new[r]] = cache.k[:, r, :, src]
+                st.cache.v[:, 0, :, old[r]:old[r] + new[r]] = cache.v[:, r, :, src]
+                st.cache.advance(new[r])
+        if emb is not None:
+            return [h[r:r + 1, n - emb.shape[1]:] for r in range(R)]
+        return [h[r:r + 1, n - len(st.kinds[-1]):] for r, st in enumerate(states)]
+
+    @staticmethod
+    def _meta_cpu(st: InferenceState, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block index and kind (CPU) of every token of a context (+ extra block), as :meth:`_meta`."""
+        kinds = [torch.tensor([int(Kind.PREFIX)])] + st.kinds + ([extra] if extra is not None else [])
+        return torch.cat([torch.full((len(k),), i - 1) for i, k in enumerate(kinds)]), torch.cat(kinds)
+
+    def _new_cache(self) -> KVCache:
+        cfg = self.cfg
+        return self.backbone.new_cache(1, 1 + cfg.history * (cfg.frame_tokens + cfg.chunk_size + 2), self.device,
+                                       self.boa.dtype)
+
+    @torch.no_grad()
+    def start_many(self, task: torch.Tensor, frames: torch.Tensor, state: torch.Tensor) -> list[InferenceState]:
+        """One context per row, from a batch of first observations. task (R,), frames (R, H, W, 3) uint8,
+        state (R, Ds)."""
+        task = task.to(self.device).reshape(-1)
+        emb, kinds = self._block(frames, state, None)
+        states = [InferenceState(task=task[r:r + 1], blocks=[emb[r:r + 1]], kinds=[kinds],
+                                 cache=self._new_cache() if self.use_kv_cache else None) for r in range(len(task))]
+        for st, h in zip(states, self._run_rows(states)):
+            st.hidden = h
+        return states
+
+    @torch.no_grad()
+    def act_many(self, states: list[InferenceState], frame_noise: torch.Tensor,
+                 action_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`act` for R contexts in one call, from the given initial noise (R, P, C) and (R, K, Da).
+        Returns actions (R, K, Da) raw and the imagined frame tokens (R, P, C)."""
+        cfg, P = self.cfg, self.cfg.frame_tokens
+        # a block starts with its P frame tokens and ends with the state token
+        cond = self.frame_head.prepare(torch.cat([st.hidden[:, :P] for st in states]),
+                                       torch.cat([st.hidden[:, -1] for st in states]))
+        f = self.diffusion.sample(self.frame_head, frame_noise.to(self.device), cond, self.num_inference_steps)
+        emb = torch.cat([self.embed_frames(f), self.embed_boa((len(states),))], dim=1)
+        kinds = torch.tensor([int(Kind.FRAME)] * P + [int(Kind.BOA)])
+        h = torch.cat(self._run_rows(states, emb, kinds, keep=False))
+        cond = self.action_head.prepare(h, h[:, -1])
+        a = self.diffusion.sample(self.action_head, action_noise.to(self.device), cond, self.num_inference_steps)
+        return self.action_norm.unnormalize(a.clamp(-1, 1)), f
+
+    @torch.no_grad()
+    def commit_many(self, states: list[InferenceState], actions: torch.Tensor, frames: torch.Tensor,
+                    state: torch.Tensor) -> None:
+        """:meth:`commit` for R contexts in one call: actions (R, K, Da) raw, frames (R, H, W, 3), state (R, Ds).
+        Contexts that are full drop ``eviction`` blocks and are recomputed (together, in a second call)."""
+        emb, kinds = self._block(frames, state, actions)
+        full = [r for r, st in enumerate(states) if st.num_blocks + 1 >= self.cfg.history]
+        rest = [r for r in range(len(states)) if r not in set(full)]
+        ev = self.cfg.eviction
+        for r in full:
+            st = states[r]
+            st.blocks, st.kinds = (st.blocks + [emb[r:r + 1]])[ev:], (st.kinds + [kinds])[ev:]
+            keep = (st.kinds[0] != Kind.BOA) & (st.kinds[0] != Kind.ACTION)
+            st.blocks[0], st.kinds[0] = st.blocks[0][:, keep.to(emb.device)], st.kinds[0][keep]
+        if rest:
+            idx = torch.tensor(rest, device=emb.device)
+            for r, h in zip(rest, self._run_rows([states[r] for r in rest], emb[idx], kinds)):
+                states[r].hidden = h
+                states[r].blocks.append(emb[r:r + 1])
+                states[r].kinds.append(kinds)
+        if full:
+            for r, h in zip(full, self._run_rows([states[r] for r in full])):
+                states[r].hidden = h
+        for st in states:
+            st.steps += 1
+
     def num_parameters(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         parts = {

@@ -12,14 +12,14 @@ from torch import nn
 
 
 def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for positions. pos: (L,) -> two (L, head_dim/2) float32 tensors."""
+    """cos/sin tables for positions. pos: (..., L) -> two (..., L, head_dim/2) float32 tensors."""
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim))
-    ang = pos.to(torch.float32)[:, None] * inv[None, :]
+    ang = pos.to(torch.float32)[..., None] * inv
     return ang.cos(), ang.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs of channels. x: (B, H, L, D); cos/sin: (L, D/2)."""
+    """Rotate pairs of channels. x: (B, H, L, D); cos/sin: (L, D/2) or (B, 1, L, D/2)."""
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
     return out.type_as(x)
@@ -115,11 +115,14 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """x: (B, L, W) token embeddings at sequence positions pos (L,); mask: (L, L_keys) bool.
+        Per-row positions (B, L) and masks (B, L, L_keys) serve contexts of different lengths in one call.
 
         With a cache, keys are the cached positions followed by these L, and the cache grows by L.
         Returns (B, L, W) normalised hidden states.
         """
         cos, sin = rope_cos_sin(pos, self.head_dim, self.rope_theta)
+        if pos.dim() == 2:  # per row: broadcast over heads
+            cos, sin, mask = cos[:, None], sin[:, None], mask[:, None]
         for i, blk in enumerate(self.blocks):
             x = blk(x, cos, sin, mask, cache, i)
         if cache is not None:
