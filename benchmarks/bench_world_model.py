@@ -25,36 +25,7 @@ from torch.utils.data import default_collate
 
 from par_agent.data.dataset import PhysicalStepDataset
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.tokenizers import frame_psnr
-from par_agent.train import action_errors
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """Mean SSIM (Wang et al. 2004, Gaussian window sigma 1.5) of (N, H, W, 3) uint8 -> (N,)."""
-    x, y = (t.permute(0, 3, 1, 2).float() / 255 for t in (a, b))
-    g = torch.exp(-((torch.arange(window) - window // 2) ** 2) / (2 * 1.5**2))
-    k = (g[:, None] * g[None, :] / g.sum() ** 2).expand(3, 1, window, window)
-    f = lambda t: F.conv2d(t, k, groups=3)  # noqa: E731
-    mx, my = f(x), f(y)
-    sxx, syy, sxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return s.mean((1, 2, 3))
-
-
-def object_mask(frames: torch.Tensor) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, H, W) bool: saturated red, green or blue pixels (the cubes)."""
-    r, g, b = (frames[..., i].int() for i in range(3))
-    return ((r > 120) & (g < 60) & (b < 60)) | ((g > 120) & (r < 90) & (b < 90)) | ((b > 120) & (b - r > 60) & (r < 90))
-
-
-def object_psnr(pred: torch.Tensor, real: torch.Tensor) -> float:
-    """PSNR (dB) over the real frames' object pixels only, (N, H, W, 3) uint8 each (nan if none)."""
-    m = object_mask(real)
-    if not m.any():
-        return float("nan")
-    mse = ((pred.float() - real.float()) ** 2)[m].mean().clamp_min(1e-10)
-    return (10 * torch.log10(255.0**2 / mse)).item()
+from par_agent.metrics import action_errors, frame_psnr, object_mask, object_psnr, ssim
 
 
 @torch.no_grad()

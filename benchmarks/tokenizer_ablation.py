@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,11 +24,9 @@ import torch
 from par_agent.config import PARConfig
 from par_agent.data.dataset import PhysicalStepDataset
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.tokenizers import FrameTokenizer, frame_psnr, reconstruct, train_frame_tokenizer
+from par_agent.metrics import frame_psnr, object_psnr
+from par_agent.tokenizers import FrameTokenizer, reconstruct, train_frame_tokenizer
 from par_agent.train import parse_overrides
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_world_model import object_psnr  # noqa: E402
 
 
 def split_frames(path: str, split: str, image_size: int, chunk_size: int, val_fraction: float) -> np.ndarray:

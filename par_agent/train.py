@@ -40,7 +40,8 @@ from par_agent.config import PRESETS, PARConfig
 from par_agent.device import resolve_device
 from par_agent.data.sources import env_info, make_env_kwargs, task_of
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.tokenizers import background_frame, frame_psnr, get_dataset_stats, set_dataset_stats
+from par_agent.metrics import action_errors, frame_psnr
+from par_agent.tokenizers import background_frame, get_dataset_stats, set_dataset_stats
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
 PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video"}
@@ -326,13 +327,6 @@ class TokenizerObjective(nn.Module):
 
 
 # ----------------------------------------------------------------------------- validation
-def action_errors(pred_actions: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared action errors (B, T-1, K, D_a) of ``sample_window``'s actions against the window's,
-    and the mask (B, T-1, K) of those that count: real actions between two real frames."""
-    valid = batch["frame_mask"][:, 1:] & batch["frame_mask"][:, :-1]
-    return (pred_actions - batch["actions"]) ** 2, batch["action_mask"] & valid[..., None]
-
-
 @torch.no_grad()
 def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, out_dir: Path | None, step: int,
              max_windows: int = 16, batch_size: int = 16) -> dict[str, float]:

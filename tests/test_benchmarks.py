@@ -1,14 +1,9 @@
 """The benchmark scripts run and report consistent figures (tiny config; no timing is asserted)."""
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def test_bench_train_reports_every_stage():
-    import bench_train
+    from benchmarks import bench_train
 
     out = bench_train.main(["--preset", "tiny", "--batch-size", "2", "--steps", "1", "--warmup", "0",
                             "--peak-tflops", "1", "--json"])
@@ -23,7 +18,7 @@ def test_bench_train_reports_every_stage():
 
 
 def test_bench_train_set_overrides_the_preset():
-    import bench_train
+    from benchmarks import bench_train
 
     out = bench_train.main(["--preset", "tiny", "--set", "image_size=64", "--stages", "tokenizer",
                             "--batch-size", "1", "--steps", "1", "--warmup", "0", "--json"])
@@ -37,7 +32,7 @@ def test_bench_train_set_overrides_the_preset():
 
 
 def test_bench_inference_batch_and_cache_columns():
-    import bench_inference
+    from benchmarks import bench_inference
 
     out = bench_inference.main(["--preset", "tiny", "--batch", "3", "--contexts", "1", "3", "--repeats", "1",
                                 "--steady-chunks", "2", "--json"])
@@ -52,28 +47,27 @@ def test_object_mask_and_object_psnr():
 
     import torch
 
-    import bench_world_model as wm
-    from par_agent.tokenizers import frame_psnr
+    from par_agent.metrics import frame_psnr, object_mask, object_psnr
 
     real = torch.zeros(1, 16, 16, 3, dtype=torch.uint8)
     real[..., 0], real[..., 1], real[..., 2] = 170, 100, 60  # table colour: not an object
     real[0, 0, 0] = torch.tensor([110, 113, 121], dtype=torch.uint8)  # grey background: not an object
-    assert not wm.object_mask(real).any() and math.isnan(wm.object_psnr(real, real))
+    assert not object_mask(real).any() and math.isnan(object_psnr(real, real))
     real[0, 4:6, 4:6] = torch.tensor([220, 30, 30], dtype=torch.uint8)  # red cube, 4 pixels
     real[0, 10, 10] = torch.tensor([30, 200, 40], dtype=torch.uint8)    # green cube, 1 pixel
     real[0, 12, 3] = torch.tensor([58, 102, 187], dtype=torch.uint8)    # blue cube, 1 pixel
-    assert wm.object_mask(real).sum() == 6
+    assert object_mask(real).sum() == 6
     blurred = real.clone()
     blurred[0, 4:6, 4:6] = torch.tensor([170, 100, 60], dtype=torch.uint8)  # the red cube is lost
     mse = 4 * (50**2 + 70**2 + 30**2) / 3 / 6  # error only on 4 of the 6 object pixels
-    assert wm.object_psnr(blurred, real) == pytest.approx(10 * math.log10(255**2 / mse), rel=1e-5)
-    assert frame_psnr(blurred, real).item() > wm.object_psnr(blurred, real)  # whole-frame PSNR hides it
+    assert object_psnr(blurred, real) == pytest.approx(10 * math.log10(255**2 / mse), rel=1e-5)
+    assert frame_psnr(blurred, real).item() > object_psnr(blurred, real)  # whole-frame PSNR hides it
 
 
 def test_tokenizer_ablation_reports_frame_and_cube_psnr(pushcube_demos):
     import math
 
-    import tokenizer_ablation
+    from benchmarks import tokenizer_ablation
 
     out = tokenizer_ablation.main(["--data", str(pushcube_demos), "--preset", "tiny", "--set", "image_size=64", "--steps", "3", "--batch-size", "4",
                                    "--chunk-size", "2", "--val-fraction", "0.5", "--json"])
@@ -92,7 +86,7 @@ def test_privileged_state_matches_a_live_env(pushcube_demos, tmp_path):
     import h5py
     import numpy as np
 
-    import privileged_state
+    from benchmarks import privileged_state
     from envs import flatten_state, make_env
     from envs import gym_make
     from par_agent.data.compact import load_episodes_json, read_group
@@ -138,13 +132,28 @@ def test_privileged_state_matches_a_live_env(pushcube_demos, tmp_path):
     assert r["env"]["obs_mode"] == "rgb+state_dict" and r["per_seed"][0]["length"] == 3
     with pytest.raises(ValueError, match="obs_mode='rgb\\+state_dict'"):  # the plain env's state is too short
         eval_main(["--policy", str(run / "finetune" / "final"), "--task", "PushCube-v1", "--episodes", "1",
-                   "--max-episode-steps", "3", "--no-progress"])
+                   "--max-episode-steps", "3", "--obs-mode", "rgb", "--no-progress"])
+    # without --obs-mode, par-eval builds the env the checkpoint recorded (rgb+state_dict)
+    eval_main(["--policy", str(run / "finetune" / "final"), "--task", "PushCube-v1", "--episodes", "1",
+               "--max-episode-steps", "3", "--out", str(report), "--no-progress"])
+    assert json.loads(report.read_text())["env"]["obs_mode"] == "rgb+state_dict"
 
     # bench_world_model --actions on the same model: every held-out window, joints and gripper apart
-    import bench_world_model as wm
+    from benchmarks import bench_world_model as wm
 
     wmo = wm.main(["--checkpoint", str(run / "finetune" / "final"), "--data", str(dst), "--horizons", "1",
                    "--starts", "1", "--actions", "--json"])
     a = wmo["actions"]
     assert a["n_windows"] > 0 and np.isfinite(a["mse"]) and len(a["mse_per_block"]) >= 1
     assert a["mse"] == pytest.approx((7 * a["mse_joints"] + a["mse_gripper"]) / 8, rel=1e-4)
+
+
+def test_bench_policy_envs_reports_both_paths():
+    from benchmarks import bench_policy_envs
+
+    out = bench_policy_envs.main(["--envs", "1", "3", "--chunks", "1", "--json"])
+    assert [(r["pattern"], r["n_envs"]) for r in out["rows"]] == [("aligned", 1), ("aligned", 3), ("staggered", 1),
+                                                                  ("staggered", 3)]
+    for r in out["rows"]:
+        assert r["batched"] > 0 and r["per_env_loop"] > 0
+        assert r["speedup"] == r["batched"] / r["per_env_loop"]

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from par_agent.config import PARConfig
+from par_agent.metrics import psnr
 
 
 def build_autoencoder(cfg: PARConfig) -> AutoencoderKL:
@@ -219,8 +220,7 @@ def train_frame_tokenizer(
         opt.step()
         sched.step()
         if step % log_every == 0 or step == steps - 1:
-            psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))
-            metrics = {"loss": loss.item(), "l1": l1.item(), "psnr": psnr.item()}
+            metrics = {"loss": loss.item(), "l1": l1.item(), "psnr": psnr(mse.detach(), peak=2.0).item()}
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", psnr=f"{metrics['psnr']:.1f}")
     tok.eval()
     tok.fit_latent_stats(frames[torch.randperm(len(frames), generator=gen)[:512]])
@@ -236,14 +236,7 @@ def reconstruct(tok: FrameTokenizer, frames: np.ndarray | torch.Tensor, batch_si
                       for i in range(0, len(frames), batch_size)])
 
 
-def frame_psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """PSNR (dB, 8-bit) of each frame: (..., H, W, 3) uint8 each -> (...)."""
-    mse = ((a.float() - b.float()) ** 2).mean((-1, -2, -3)).clamp_min(1e-10)
-    return 10 * torch.log10(255.0**2 / mse)
-
-
 def reconstruction_psnr(tok: FrameTokenizer, frames: np.ndarray | torch.Tensor, batch_size: int = 64) -> float:
     """PSNR (dB, 8-bit) of encode->decode over frames (N, H, W, 3) uint8, from the MSE of all pixels."""
     frames = torch.as_tensor(frames)
-    mse = F.mse_loss(reconstruct(tok, frames, batch_size).float(), frames.float()).item()
-    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
+    return psnr(F.mse_loss(reconstruct(tok, frames, batch_size).float(), frames.float())).item()
