@@ -39,3 +39,21 @@ def test_from_pretrained_on_cuda_without_cuda(tmp_path):
     tiny_model().save_pretrained(tmp_path / "ck")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         PARPolicy.from_pretrained(str(tmp_path / "ck"), device="cuda")
+
+
+def test_backend_follows_the_training_device(monkeypatch):
+    """gloo for --device cpu even where CUDA exists (NCCL cannot reduce CPU tensors); NCCL for cuda."""
+    import torch.distributed as dist
+
+    from par_agent.train import dist_setup
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: seen.update(backend=backend, timeout=timeout))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert dist_setup("cpu", timeout_s=7) == (1, 2, torch.device("cpu"))
+    assert seen["backend"] == "gloo" and seen["timeout"].total_seconds() == 7
+    assert dist_setup("cuda")[2] == torch.device("cuda", 1) and seen["backend"] == "nccl"
