@@ -26,15 +26,18 @@ def main() -> int:
     p.add_argument("--max-episode-steps", type=int, default=None)
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the policy (results are "
+                   "deterministic for a given count)")
     args = p.parse_args()
 
     overrides = {"num_inference_steps": args.num_inference_steps} if args.num_inference_steps else {}
     try:
-        policy = PARPolicy.from_pretrained(args.checkpoint, device=args.device, **overrides)
+        policy = PARPolicy.from_pretrained(args.checkpoint, device=args.device, num_threads=args.threads, **overrides)
     except FileNotFoundError as e:
         print(f"cannot load {args.checkpoint!r}: {e}", file=sys.stderr)
         return 2
-    env = make_env(policy.task, camera_size=policy.cfg.image_size, max_episode_steps=args.max_episode_steps)
+    limit = {"max_episode_steps": args.max_episode_steps} if args.max_episode_steps else {}
+    env = make_env(policy.task, **{**policy.env_kwargs, **limit})  # the env the checkpoint was trained for
     recorder = VideoRecorder(args.out, fps=control_freq(env))
     successes = 0
     for ep in range(args.episodes):

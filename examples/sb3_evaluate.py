@@ -20,10 +20,11 @@ def main() -> None:
     p.add_argument("--n-envs", type=int, default=2)
     p.add_argument("--episodes", type=int, default=4)
     p.add_argument("--seed", type=int, default=1_000_000)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the policy")
     args = p.parse_args()
 
-    policy = PARPolicy.from_pretrained(args.checkpoint, task=args.task)
-    vec_env = make_vec_env(policy.task, args.n_envs, seed=args.seed, camera_size=policy.cfg.image_size)
+    policy = PARPolicy.from_pretrained(args.checkpoint, task=args.task, num_threads=args.threads)
+    vec_env = make_vec_env(policy.task, args.n_envs, seed=args.seed, **policy.env_kwargs)
     successes = []
 
     def callback(locals_, globals_):  # evaluate_policy calls this after every step

@@ -173,6 +173,9 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--video-dir", default="outputs/eval_videos")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the policy (default 1: a policy call is small, and more threads fight "
+                        "the renderer for the cores); results are deterministic for a given count")
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--no-kv-cache", action="store_true")
     p.add_argument("--stochastic", action="store_true", help="sample with fresh noise (default: deterministic)")
@@ -189,7 +192,7 @@ def run(argv: list[str] | None = None) -> dict:
         overrides["num_inference_steps"] = a.num_inference_steps
     if a.no_kv_cache:
         overrides["use_kv_cache"] = False
-    policy = PARPolicy.from_pretrained(a.policy, device=a.device, task=a.task, **overrides)
+    policy = PARPolicy.from_pretrained(a.policy, device=a.device, task=a.task, num_threads=a.threads, **overrides)
     task = a.task or policy.task
     seeds = parse_seeds(a.seeds, a.episodes)  # an explicit --seeds list sets the number of episodes
     report = evaluate(policy, task, seeds, num_envs=a.num_envs, max_episode_steps=a.max_episode_steps,
@@ -197,7 +200,7 @@ def run(argv: list[str] | None = None) -> dict:
                       progress=not a.no_progress, obs_mode=a.obs_mode)
     report["policy"] = {"name": a.policy, "num_inference_steps": policy.model.num_inference_steps,
                         "use_kv_cache": policy.model.use_kv_cache, "chunk_size": policy.cfg.chunk_size,
-                        "history": policy.cfg.history, "device": a.device}
+                        "history": policy.cfg.history, "device": a.device, "threads": a.threads}
     text = json.dumps(report, indent=2)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

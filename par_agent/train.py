@@ -75,6 +75,8 @@ class TrainArgs:
     val_windows: int = 16
     """windows that each validation scores (spread evenly over the held-out episodes)"""
     progress: bool = True
+    threads: int | None = None
+    """torch threads of each process (None: this machine's cores shared among the local ranks)"""
     fg_weight: float = 20.0
     """tokenizer stage: extra weight of the pixels that differ from the static scene (FrameTokenizer.loss)"""
 
@@ -405,6 +407,7 @@ def train(args: TrainArgs) -> dict:
     if args.stage not in STAGES:
         raise ValueError(f"unknown stage {args.stage!r}; choose from {STAGES}")
     rank, world, device = dist_setup(args.device)
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     stage_dir = args.out / args.stage
@@ -603,6 +606,9 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
                    help="config overrides, e.g. --set chunk_size=4 history=8")
     p.add_argument("--tasks", nargs="*", default=[], help="task names of the model (default: those in the data)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (default: the machine's cores shared among the local ranks); "
+                        "floating-point results are reproducible for a given count")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--val-windows", type=int, default=16,
                    help="held-out windows each validation scores (16 is quick but noisy; all of them for a final figure)")
@@ -623,7 +629,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
                      ckpt_every=a.ckpt_every, val_every=a.val_every, log_every=a.log_every, workers=a.workers,
                      seed=a.seed, init=a.init, preset=a.preset, overrides=tuple(a.overrides), tasks=tuple(a.tasks),
                      device=a.device, val_fraction=a.val_fraction, val_windows=a.val_windows, progress=not a.no_progress,
-                     fg_weight=a.fg_weight)
+                     fg_weight=a.fg_weight, threads=a.threads)
 
 
 def main(argv: list[str] | None = None) -> None:
