@@ -20,6 +20,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.envs.registration import WrapperSpec
 
+from par_agent.device import resolve_device
 from par_agent.tokenizers.actions import Normalizer
 from par_agent.tokenizers.frames import FrameTokenizer
 
@@ -84,7 +85,7 @@ class PhysicalTokenObservation(gym.ObservationWrapper):
                 f"tokenizer_or_model must be a PhysicalAutoregressiveModel or a FrameTokenizer, "
                 f"got {type(tokenizer_or_model).__name__}"
             )
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # "cuda" -> "cuda:0", so a model already there is not copied
         self.tokenizer: FrameTokenizer = _on_device(tokenizer, self.device)
         self.state_norm: Optional[Normalizer] = _on_device(state_norm, self.device)
         self.keep_rgb = keep_rgb

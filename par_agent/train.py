@@ -157,6 +157,26 @@ class EMA:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def rng_state() -> dict:
+    """The random state of every generator a training step draws from: the CPU's, numpy's and, once
+    CUDA is in use, every GPU's (the diffusion timesteps and noise are drawn on the model's device)."""
+    out = {"cpu": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state` (checkpoints before 2026-11-30 hold only the CPU and numpy states)."""
+    torch.set_rng_state(state["cpu"] if "cpu" in state else state["torch_rng"])
+    np.random.set_state(state["numpy"] if "numpy" in state else state["numpy_rng"])
+    if "cuda" in state:
+        if not torch.cuda.is_available():
+            raise RuntimeError("this checkpoint was trained on CUDA; resuming it needs the GPU RNG states restored, "
+                               "and CUDA is not available here")
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def latest_checkpoint(stage_dir: Path) -> Path | None:
     f = stage_dir / "latest"
     if not f.is_file():
@@ -173,8 +193,7 @@ def save_training_checkpoint(stage_dir: Path, step: int, model: PhysicalAutoregr
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "ema": ema.state_dict(), "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()},
-               tmp / "trainer.pt")
+                "ema": ema.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
     final = stage_dir / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -425,6 +444,7 @@ def train(args: TrainArgs) -> dict:
     else:
         model, note = build_model(args)
     cfg = model.cfg
+    model.to(device)  # the frozen tokenizer encodes the dataset on the training device
     stats = None
     if args.stage == "finetune" and resume is not None:
         stats = get_dataset_stats(model.action_norm, model.state_norm)
@@ -466,12 +486,13 @@ def train(args: TrainArgs) -> dict:
         sched.load_state_dict(st["scheduler"])
         ema.load_state_dict(st["ema"])
         step = st["step"]
-        torch.set_rng_state(st["torch_rng"])
-        np.random.set_state(st["numpy_rng"])
+        set_rng_state(st["rng"] if "rng" in st else st)
     ddp = objective
     if world > 1:
         ddp = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            # video pretraining leaves the action head and state embedding without gradients
+            find_unused_parameters=args.stage == "pretrain-video")
 
     sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else \
         RandomSampler(train_set, replacement=True, num_samples=10**9, generator=torch.Generator().manual_seed(args.seed + step))
@@ -521,8 +542,6 @@ def train(args: TrainArgs) -> dict:
         with amp:
             out = ddp(batch)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {step}: {out}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
@@ -531,8 +550,14 @@ def train(args: TrainArgs) -> dict:
         step += 1
         ema.update(model, step)
         samples += args.batch_size * world
-        if step % args.log_every == 0 or step == args.steps:
+        if step % args.log_every == 0 or step == args.steps or step % args.ckpt_every == 0:
+            # the one host sync of a step, at log and checkpoint steps only: every rank reads the same
+            # all-reduced loss, so all of them stop together on a non-finite one (no rank is left
+            # waiting in a collective), and no checkpoint is written after it
             vals = {f"train/{k}": all_mean(v.float(), world).item() for k, v in out.items()}
+            if not math.isfinite(vals["train/loss"]):
+                raise FloatingPointError(f"non-finite loss at step {step} (checked every {args.log_every} steps and "
+                                         f"before each checkpoint; the last checkpoint is older): {vals}")
             dt = time.time() - t_last
             vals["train/samples_per_s"] = samples / max(dt, 1e-9)
             vals["train/lr"] = sched.get_last_lr()[0]

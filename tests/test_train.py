@@ -266,3 +266,47 @@ def test_distributed_teardown_never_hangs(pushcube_demos, tmp_path):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, (i, proc.stderr[-3000:])
         assert (out / "tokenizer" / "final" / "model.safetensors").is_file()
+
+
+def test_non_finite_loss_stops_before_a_checkpoint(pushcube_demos, tmp_path, monkeypatch):
+    """A NaN loss is caught at the next log step (one all-reduced read that every rank shares), and no
+    checkpoint is written after it."""
+    from par_agent.models import PhysicalAutoregressiveModel
+
+    real = PhysicalAutoregressiveModel.forward
+    calls = {"n": 0}
+
+    def nan_at_step_3(self, batch):
+        out = real(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    run_stage("tokenizer", pushcube_demos, tmp_path, 1)
+    monkeypatch.setattr(PhysicalAutoregressiveModel, "forward", nan_at_step_3)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 4"):
+        run_stage("pretrain-video", pushcube_demos, tmp_path, 8, "--log-every", "2", "--ckpt-every", "2")
+    assert latest_checkpoint(tmp_path / "pretrain-video").name == "ckpt-00000002"
+
+
+def test_checkpoint_rng_covers_every_device(monkeypatch):
+    """Resuming restores the RNG of every device the run drew from (diffusion noise is drawn on the
+    model's device); a CUDA checkpoint cannot be resumed silently without CUDA."""
+    import par_agent.train as T
+
+    state = T.rng_state()
+    assert set(state) == {"cpu", "numpy"}  # CUDA never initialised on this machine
+    fake = [torch.arange(4, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: fake)
+    assert T.rng_state()["cuda"] is fake
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: restored.update(s=s))
+    before = torch.rand(3)
+    T.set_rng_state({**state, "cuda": fake})
+    assert restored["s"] is fake and torch.equal(torch.rand(3), before)  # the CPU stream continues from the save
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="trained on CUDA"):
+        T.set_rng_state({**state, "cuda": fake})

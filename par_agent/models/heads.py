@@ -194,9 +194,11 @@ class Diffusion:
     def sample(self, net: Callable, noise: torch.Tensor, cond: dict, steps: int) -> torch.Tensor:
         """Deterministic sampling from the given initial noise (N, L, C)."""
         sched = self.sample_sched
-        sched.set_timesteps(steps, device=noise.device)
+        # timesteps stay on the host: the schedulers index their (CPU) tables with them, which with a
+        # device tensor costs a device->host sync per step
+        sched.set_timesteps(steps)
         x = noise * sched.init_noise_sigma
-        for t in sched.timesteps:
-            tt = t.expand(x.shape[0]).to(noise.device)
+        for t in sched.timesteps.tolist():
+            tt = torch.full((x.shape[0],), t, device=noise.device, dtype=torch.long)
             x = sched.step(net(x, tt, cond), t, x).prev_sample
         return x

@@ -35,8 +35,9 @@ from par_agent.tokenizers.frames import FrameTokenizer
 
 
 @lru_cache(maxsize=64)
-def _window_indices(spec: BlockSpec, num_blocks: int) -> dict[str, torch.Tensor]:
-    """Positions of the tokens the heads read, for a training window."""
+def _window_indices(spec: BlockSpec, num_blocks: int, device: torch.device = torch.device("cpu")) -> dict[str, torch.Tensor]:
+    """Positions of the tokens the heads read, and the attention mask, for a training window: made once
+    per layout and device, so a training step copies nothing from the host."""
     block, kind = window_layout(spec, num_blocks)
     pos = torch.arange(len(block))
     frame = torch.stack([pos[(block == n) & (kind == Kind.FRAME)] for n in range(num_blocks)])
@@ -45,7 +46,7 @@ def _window_indices(spec: BlockSpec, num_blocks: int) -> dict[str, torch.Tensor]
            "mask": ik_attention_mask(block, kind, pos, block, kind, pos)}
     if spec.has_actions and num_blocks > 1:
         out["boa"] = torch.stack([pos[(block == n) & (kind == Kind.BOA)][0] for n in range(1, num_blocks)])
-    return out
+    return {k: v.to(device) for k, v in out.items()}
 
 
 @dataclass
@@ -143,7 +144,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         a_n = self.action_norm.normalize(batch["actions"].to(dev, torch.float32)) if "actions" in batch else None
         has_s = "state" in batch
         spec = BlockSpec(cfg.frame_tokens, cfg.chunk_size, a_n is not None, has_s)
-        idx = {k: v.to(dev) for k, v in _window_indices(spec, T).items()}
+        idx = _window_indices(spec, T, dev)
         x = self._window_embeddings(batch, z, a_n, has_s)
         return z, a_n, idx, self.backbone(x, torch.arange(x.shape[1], device=dev), idx["mask"])
 
@@ -205,12 +206,12 @@ class PhysicalAutoregressiveModel(nn.Module):
         z, a_n, idx, h = self._run_window(batch)
         B, T = z.shape[:2]
         cond = self.frame_head.prepare(h[:, idx["frame"][:-1]].flatten(0, 1), h[:, idx["last"][:-1]].flatten(0, 1))
-        x0 = torch.randn(B * (T - 1), cfg.frame_tokens, cfg.token_dim, generator=generator).to(dev)
+        x0 = self._noise((B * (T - 1), cfg.frame_tokens, cfg.token_dim), None, generator, 1.0)
         out = {"frame_tokens": self.diffusion.sample(self.frame_head, x0, cond, self.num_inference_steps).unflatten(0, (B, T - 1))}
         if a_n is not None:
             ctx_idx = torch.cat([idx["frame"][1:], idx["boa"][:, None]], dim=1)
             cond = self.action_head.prepare(h[:, ctx_idx].flatten(0, 1), h[:, idx["boa"]].flatten(0, 1))
-            x0 = torch.randn(B * (T - 1), cfg.chunk_size, cfg.action_dim, generator=generator).to(dev)
+            x0 = self._noise((B * (T - 1), cfg.chunk_size, cfg.action_dim), None, generator, 1.0)
             a = self.diffusion.sample(self.action_head, x0, cond, self.num_inference_steps).clamp(-1, 1)
             out["actions"] = self.action_norm.unnormalize(a).unflatten(0, (B, T - 1))
         return out
@@ -278,8 +279,7 @@ class PhysicalAutoregressiveModel(nn.Module):
                       generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         """Sample the next frame's tokens (B, P, C) from the last real block."""
         cfg, h = self.cfg, st.hidden
-        frame = st.kinds[-1].to(self.device) == Kind.FRAME
-        cond = self.frame_head.prepare(h[:, frame], h[:, -1])
+        cond = self.frame_head.prepare(h[:, :cfg.frame_tokens], h[:, -1])  # a block starts with its P frame tokens
         x0 = self._noise((st.batch_size, cfg.frame_tokens, cfg.token_dim), noise, generator, temperature)
         return self.diffusion.sample(self.frame_head, x0, cond, self.num_inference_steps)
 
