@@ -5,8 +5,9 @@
     python benchmarks/bench_train.py --device cuda --batch-size 64 --peak-tflops 989
     python benchmarks/bench_train.py --preset cpu64 --set image_size=128 vae_stride=8 'vae_channels=[16,32,64,64]' patch_size=4
 
-One optimiser step is timed exactly as ``par-train`` runs it: forward (bf16 autocast on CUDA),
-backward, gradient clipping and AdamW, on windows of ``history`` blocks. ``pretrain-video`` and
+One optimiser step is timed exactly as ``par-train`` runs it, with its own function
+(``par_agent.train.train_step``): the host->device copy of the batch, forward (bf16 autocast on
+CUDA), backward, gradient clipping, AdamW, the schedule and the EMA, on windows of ``history`` blocks. ``pretrain-video`` and
 ``finetune`` use precomputed frame tokens (the tokenizer is frozen after its stage, and
 ``par-train`` encodes the dataset once); ``tokenizer`` trains the autoencoder on single frames.
 FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
@@ -19,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import nullcontext
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.train import TokenizerObjective, parse_overrides
+from par_agent.train import EMA, TokenizerObjective, autocast_for, make_optimizer, parse_overrides, train_step
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
 
@@ -34,10 +34,9 @@ STAGES = ("tokenizer", "pretrain-video", "finetune")
 def make_batch(cfg: PARConfig, stage: str, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     """A random batch shaped like the stage's training batches (see ``PhysicalStepDataset``)."""
     B, T, K = batch, cfg.history, cfg.chunk_size
-    if stage == "tokenizer":
-        return {"frames": torch.randint(0, 256, (B, T, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
-                                        device=device),
-                "frame_mask": torch.ones(B, T, dtype=torch.bool, device=device)}
+    if stage == "tokenizer":  # the real frames of B windows (par_agent.train.frames_collate)
+        return {"frames": torch.randint(0, 256, (B * T, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
+                                        device=device)}
     out = {"frame_tokens": torch.randn(B, T, cfg.frame_tokens, cfg.token_dim, device=device),
            "task_id": torch.zeros(B, dtype=torch.long, device=device)}
     if stage == "finetune":
@@ -53,7 +52,7 @@ def _sync(device: torch.device) -> None:
 
 def bench_stage(model: PhysicalAutoregressiveModel, stage: str, batch_size: int, steps: int, warmup: int) -> dict:
     dev = model.device
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    amp = autocast_for(dev)
     if stage == "tokenizer":
         objective, params = TokenizerObjective(model), list(model.frame_tokenizer.parameters())
     else:
@@ -63,16 +62,12 @@ def bench_stage(model: PhysicalAutoregressiveModel, stage: str, batch_size: int,
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    batch = make_batch(model.cfg, stage, batch_size, dev)
+    opt, sched = make_optimizer(params, lr=1e-4, weight_decay=0.05, warmup=0, steps=10**6)
+    ema = EMA(model, 0.999)
+    batch = make_batch(model.cfg, stage, batch_size, torch.device("cpu"))  # moved to the device in each step
 
     def step() -> None:
-        with amp:
-            loss = objective(batch)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        train_step(objective, model, batch, opt, sched, params, 1.0, ema, 0, dev, amp)
 
     for _ in range(warmup):
         step()

@@ -370,10 +370,18 @@ class TokenizerObjective(nn.Module):
         self.background, self.fg_weight = background, fg_weight
 
     def forward(self, batch: dict) -> dict:
-        frames = batch["frames"]
-        valid = batch["frame_mask"].reshape(-1)
-        return self.tok.loss(frames.reshape(-1, *frames.shape[-3:])[valid], background=self.background,
-                             fg_weight=self.fg_weight)
+        """batch: ``frames`` (N, H, W, 3) uint8, the real frames of a batch of windows (:func:`frames_collate`)."""
+        return self.tok.loss(batch["frames"], background=self.background, fg_weight=self.fg_weight)
+
+
+def frames_collate(items: list[dict]) -> dict:
+    """The tokenizer stage's batches: the real frames of the windows, (N, H, W, 3), picked on the host
+    (where the data are: selecting them on the device would be a data-dependent shape, a sync)."""
+    from torch.utils.data import default_collate
+
+    batch = default_collate(items)
+    frames = batch["frames"]
+    return {"frames": frames.reshape(-1, *frames.shape[-3:])[batch["frame_mask"].reshape(-1)]}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -392,7 +400,8 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
              for i in np.linspace(0, len(ds) - 1, min(len(ds), max_windows // len(val_sets) or 1)).astype(int)]
     tok = model.frame_tokenizer
     scores: dict[str, list[torch.Tensor]] = defaultdict(list)  # per frame (PSNR) or action entry (MSE)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
+    amp = autocast_for(torch.device(device))
     for start in range(0, len(picks), batch_size):
         batch = default_collate([ds[i] for ds, i in picks[start:start + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -401,7 +410,8 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
         scores["val/tokenizer_psnr"].append(frame_psnr(tok.decode(tok.encode(frames)), frames)[fmask])
         if stage == "tokenizer":
             continue
-        pred = model.sample_window(batch, generator=g)
+        with amp:
+            pred = model.sample_window(batch, generator=g)
         img = tok.decode(pred["frame_tokens"])
         scores["val/frame_psnr"].append(frame_psnr(img, frames[:, 1:])[fmask[:, 1:] & fmask[:, :-1]])
         if "actions" in pred:
@@ -419,6 +429,45 @@ def write_validation_video(real: torch.Tensor, pred: torch.Tensor, path: Path, f
     pair = torch.cat([real, pred], dim=2).cpu().numpy()
     pair = pair.repeat(2, axis=1).repeat(2, axis=2)
     imageio.mimwrite(path, list(pair), fps=fps, macro_block_size=1)
+
+
+# ----------------------------------------------------------------------------- one step
+def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, warmup: int, steps: int):
+    """AdamW (no decay on biases and norms) and diffusers' cosine schedule with warm-up, as par-train uses."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    return opt, get_cosine_schedule_with_warmup(opt, min(warmup, steps // 10 + 1), steps)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (TF32 matmuls for what stays in float32); nothing on the CPU."""
+    if device.type != "cuda":
+        return nullcontext()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def train_step(objective: nn.Module, model: PhysicalAutoregressiveModel, batch: dict, opt, sched,
+               params: list[nn.Parameter], grad_clip: float, ema: EMA, step: int, device: torch.device,
+               amp) -> tuple[dict, torch.Tensor]:
+    """One optimiser step as par-train runs it (``benchmarks/bench_train.py`` times this function):
+    the batch to the device, forward, backward, gradient clipping, AdamW, the schedule and the EMA of
+    step ``step + 1``. Returns the losses and the gradient norm as device tensors: no host sync."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with amp:
+        out = objective(batch)
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    ema.update(model, step + 1)
+    return out, gnorm
 
 
 # ----------------------------------------------------------------------------- loop
@@ -471,13 +520,7 @@ def train(args: TrainArgs) -> dict:
         for p in model.frame_tokenizer.parameters():
             p.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-
-    sched = get_cosine_schedule_with_warmup(opt, min(args.warmup, args.steps // 10 + 1), args.steps)
+    opt, sched = make_optimizer(params, args.lr, args.weight_decay, args.warmup, args.steps)
     ema = EMA(model, args.ema)
     step = 0
     if resume is not None:
@@ -497,8 +540,9 @@ def train(args: TrainArgs) -> dict:
     sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else \
         RandomSampler(train_set, replacement=True, num_samples=10**9, generator=torch.Generator().manual_seed(args.seed + step))
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        collate_fn=frames_collate if args.stage == "tokenizer" else None,
                         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    amp = autocast_for(device)
 
     writer = csv_file = tb = None
     if rank == 0:
@@ -538,17 +582,8 @@ def train(args: TrainArgs) -> dict:
         except StopIteration:
             epoch, it = epoch + 1, None
             continue
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with amp:
-            out = ddp(batch)
-        loss = out["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        opt.step()
-        sched.step()
+        out, gnorm = train_step(ddp, model, batch, opt, sched, params, args.grad_clip, ema, step, device, amp)
         step += 1
-        ema.update(model, step)
         samples += args.batch_size * world
         if step % args.log_every == 0 or step == args.steps or step % args.ckpt_every == 0:
             # the one host sync of a step, at log and checkpoint steps only: every rank reads the same

@@ -57,3 +57,43 @@ def test_backend_follows_the_training_device(monkeypatch):
     assert dist_setup("cpu", timeout_s=7) == (1, 2, torch.device("cpu"))
     assert seen["backend"] == "gloo" and seen["timeout"].total_seconds() == 7
     assert dist_setup("cuda")[2] == torch.device("cuda", 1) and seen["backend"] == "nccl"
+
+
+# ----------------------------------------------------------------------------- a simulated second device
+# PyTorch's meta device stands for a GPU (benchmarks/count_syncs.py): mixing its tensors with CPU ones
+# raises, as CUDA does, and the SimulatedDevice mode counts every op that would make the host wait.
+
+@pytest.mark.parametrize("stage", ["tokenizer", "pretrain-video", "finetune"])
+def test_training_step_on_a_second_device_without_host_syncs(stage):
+    from benchmarks.count_syncs import count_train_step
+    from par_agent.config import PARConfig
+
+    step, log_read = count_train_step(PARConfig.named("tiny"), stage)
+    assert sum(step.values()) == 0, step  # par-train's step never waits for the device
+    assert log_read == {"value read": 1}  # the all-reduced loss, at log and checkpoint steps only
+
+
+def test_policy_chunk_on_a_second_device_copies_only_its_actions():
+    from benchmarks.count_syncs import count_act
+    from par_agent.config import PARConfig
+
+    assert count_act(PARConfig.named("tiny"), n_envs=3) == {"device->host copy": 1}
+
+
+def test_sample_window_and_lockstep_loop_on_a_second_device():
+    from benchmarks.count_syncs import SimulatedDevice, model_on_device
+    from helpers import synthetic_batch
+    from par_agent.config import PARConfig
+
+    cfg = PARConfig.named("tiny")
+    model = model_on_device(cfg)
+    b = {k: v.to("meta") for k, v in synthetic_batch(cfg, B=2).items()}
+    with SimulatedDevice() as sim:
+        out = model.sample_window(b)
+        assert out["frame_tokens"].device.type == "meta"
+        st = model.start(b["task_id"], b["frames"][:, 0], b["state"][:, 0])
+        for n in range(1, cfg.history + 2):  # past a full context: eviction and refill
+            f = model.predict_frame(st)
+            a = model.predict_actions(st, f)
+            model.commit(st, a, b["frames"][:, n % b["frames"].shape[1]], b["state"][:, n % b["frames"].shape[1]])
+    assert sum(sim.counts.values()) == 0, sim.counts

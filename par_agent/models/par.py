@@ -176,19 +176,22 @@ class PhysicalAutoregressiveModel(nn.Module):
         B, T = z.shape[:2]
         fmask = batch.get("frame_mask", torch.ones(B, T, dtype=torch.bool)).to(dev)
 
+        # every (window, block) row is scored and the padding is weighted out by masks: selecting the valid
+        # rows instead would make shapes depend on the data (a device->host sync per selection)
         mul = cfg.diffusion_batch_mul
-        valid = fmask[:, 1:] & fmask[:, :-1]  # (B, T-1)
-        cond = self.frame_head.prepare(h[:, idx["frame"][:-1]][valid], h[:, idx["last"][:-1]][valid])
-        frame_loss = self.diffusion.loss(self.frame_head, z[:, 1:][valid].repeat(mul, 1, 1), repeat_cond(cond, mul))
+        valid = (fmask[:, 1:] & fmask[:, :-1]).flatten()  # (B*(T-1),)
+        cond = self.frame_head.prepare(h[:, idx["frame"][:-1]].flatten(0, 1), h[:, idx["last"][:-1]].flatten(0, 1))
+        fweight = valid[:, None].expand(-1, cfg.frame_tokens)
+        frame_loss = self.diffusion.loss(self.frame_head, z[:, 1:].flatten(0, 1).repeat(mul, 1, 1), repeat_cond(cond, mul),
+                                         fweight.repeat(mul, 1))
         out = {"frame_loss": frame_loss, "loss": cfg.frame_loss_weight * frame_loss}
         if a_n is not None:
             amask = batch.get("action_mask", torch.ones(B, T - 1, cfg.chunk_size, dtype=torch.bool)).to(dev)
-            amask = amask & valid[..., None]
-            rows = amask.any(-1)
+            amask = amask.flatten(0, 1) & valid[:, None]  # (B*(T-1), K)
             ctx_idx = torch.cat([idx["frame"][1:], idx["boa"][:, None]], dim=1)  # (T-1, P+1)
-            cond = self.action_head.prepare(h[:, ctx_idx][rows], h[:, idx["boa"]][rows])
+            cond = self.action_head.prepare(h[:, ctx_idx].flatten(0, 1), h[:, idx["boa"]].flatten(0, 1))
             action_loss = self.diffusion.loss(
-                self.action_head, a_n[rows].repeat(mul, 1, 1), repeat_cond(cond, mul), amask[rows].repeat(mul, 1)
+                self.action_head, a_n.flatten(0, 1).repeat(mul, 1, 1), repeat_cond(cond, mul), amask.repeat(mul, 1)
             )
             out["action_loss"] = action_loss
             out["loss"] = out["loss"] + cfg.action_loss_weight * action_loss
@@ -304,15 +307,22 @@ class PhysicalAutoregressiveModel(nn.Module):
         emb, kinds = self._block(frames, state, actions)
         st.steps += 1
         if st.num_blocks + 1 >= self.cfg.history:  # no room left for the next imagined block
-            ev = self.cfg.eviction
-            st.blocks, st.kinds = (st.blocks + [emb])[ev:], (st.kinds + [kinds])[ev:]
-            keep = (st.kinds[0] != Kind.BOA) & (st.kinds[0] != Kind.ACTION)
-            st.blocks[0], st.kinds[0] = st.blocks[0][:, keep.to(emb.device)], st.kinds[0][keep]
+            self._evict(st, emb, kinds)
             st.hidden = self._run(st)
         else:
             st.hidden = self._run(st, emb, kinds)
             st.blocks.append(emb)
             st.kinds.append(kinds)
+
+    def _evict(self, st: InferenceState, emb: torch.Tensor, kinds: torch.Tensor) -> None:
+        """Append the real block (emb, kinds), drop the ``eviction`` oldest blocks and cut the first one
+        left back to [F S], so the context looks like a training window (its cache is then refilled)."""
+        ev = self.cfg.eviction
+        st.blocks, st.kinds = (st.blocks + [emb])[ev:], (st.kinds + [kinds])[ev:]
+        first, k = st.blocks[0], st.kinds[0]
+        if Kind.BOA in k.tolist():  # [F BOA A S] -> [F S]: the frames lead a block, the state ends it (host-side kinds)
+            P = self.cfg.frame_tokens
+            st.blocks[0], st.kinds[0] = torch.cat([first[:, :P], first[:, -1:]], dim=1), torch.cat([k[:P], k[-1:]])
 
     @torch.no_grad()
     def act(self, st: InferenceState, generator: torch.Generator | None = None,
@@ -423,12 +433,8 @@ class PhysicalAutoregressiveModel(nn.Module):
         emb, kinds = self._block(frames, state, actions)
         full = [r for r, st in enumerate(states) if st.num_blocks + 1 >= self.cfg.history]
         rest = [r for r in range(len(states)) if r not in set(full)]
-        ev = self.cfg.eviction
         for r in full:
-            st = states[r]
-            st.blocks, st.kinds = (st.blocks + [emb[r:r + 1]])[ev:], (st.kinds + [kinds])[ev:]
-            keep = (st.kinds[0] != Kind.BOA) & (st.kinds[0] != Kind.ACTION)
-            st.blocks[0], st.kinds[0] = st.blocks[0][:, keep.to(emb.device)], st.kinds[0][keep]
+            self._evict(states[r], emb[r:r + 1], kinds)
         if rest:
             idx = torch.tensor(rest, device=emb.device)
             for r, h in zip(rest, self._run_rows([states[r] for r in rest], emb[idx], kinds)):
