@@ -97,3 +97,36 @@ def test_sample_window_and_lockstep_loop_on_a_second_device():
             a = model.predict_actions(st, f)
             model.commit(st, a, b["frames"][:, n % b["frames"].shape[1]], b["state"][:, n % b["frames"].shape[1]])
     assert sum(sim.counts.values()) == 0, sim.counts
+
+
+def test_noise_is_drawn_on_the_generators_device(monkeypatch):
+    """sample_window (and the inference loop) draw noise where the generator lives, then move it: a CUDA
+    generator with a CUDA model must not be asked for CPU noise ("Expected a 'cpu' device type for
+    generator"). No second real generator device exists on a CPU machine, so a stand-in generator
+    reports the simulated device and torch.randn checks what it is asked for."""
+    from benchmarks.count_syncs import model_on_device
+    from helpers import synthetic_batch
+    from par_agent.config import PARConfig
+
+    class DeviceGenerator:  # a generator that lives on the simulated device
+        device = torch.device("meta")
+
+    asked = []
+    real_randn = torch.randn
+
+    def randn(*shape, generator=None, device=None, **kw):
+        if generator is not None:
+            asked.append(device)
+            assert device is not None and torch.device(device) == generator.device, \
+                f"noise for a {generator.device} generator asked on {device or 'the default device (cpu)'}"
+            return real_randn(*shape, device=device, **kw)
+        return real_randn(*shape, device=device, **kw)
+
+    cfg = PARConfig.named("tiny")
+    model = model_on_device(cfg)
+    b = {k: v.to("meta") for k, v in synthetic_batch(cfg, B=2).items()}
+    monkeypatch.setattr(torch, "randn", randn)
+    out = model.sample_window(b, generator=DeviceGenerator())
+    st = model.start(b["task_id"], b["frames"][:, 0], b["state"][:, 0])
+    model.act(st, generator=DeviceGenerator())
+    assert out["actions"].device.type == "meta" and len(asked) == 4
