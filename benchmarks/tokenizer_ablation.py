@@ -2,7 +2,7 @@
 some datasets and report, per dataset, the PSNR of its reconstruction of the held-out frames:
 over the whole frame and over the cube pixels only (``bench_world_model.object_psnr``).
 
-    # the CPU-scale ablation of the README ("Results"), 600 steps of 32 frames each:
+    # the CPU-scale ablation of docs/RESULTS.md, 600 steps of 32 frames each:
     python benchmarks/tokenizer_ablation.py --data data64/PushCube-v1 data64/PickCube-v1 data64/StackCube-v1 \\
         --init runs/protocol-cpu/video/tokenizer/final --fg-weight 0       # more steps, plain loss
     python benchmarks/tokenizer_ablation.py --data ... --init runs/protocol-cpu/video/tokenizer/final --fg-weight 20

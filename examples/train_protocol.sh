@@ -24,10 +24,10 @@ TASKS=${TASKS:-$ALL_TASKS}
 if [ "$SCALE" = cpu ]; then
   : "${CAM:=64}" "${PRESET:=cpu64}" "${BS:=16}" "${TOK:=1000}" "${TOK_LR:=2e-3}"
   # 4,500 fine-tuning steps of 16 (about 29 passes over PickCube's 2,498 windows): at 1,500 PickCube grasped the
-  # cube in 16% of episodes, at 4,500 in 62% (README "Results")
+  # cube in 16% of episodes, at 4,500 in 62% (docs/RESULTS.md)
   : "${PRE:=800}" "${FT:=4500}" "${FT_LR:=6e-4}"
   # 64x64 frames: a stride-4 autoencoder with 4x4 latent patches (still 16 tokens per frame), so
-  # the 2-3 pixel cubes survive tokenization (cube PSNR, bench_world_model.py; README "Results")
+  # the 2-3 pixel cubes survive tokenization (cube PSNR, bench_world_model.py; docs/RESULTS.md)
   : "${TOK_SET=vae_stride=4 vae_channels=[16,32,64] patch_size=4}"
   declare -A DEMOS=([PushCube-v1]=150 [PickCube-v1]=250 [StackCube-v1]=120)
   # a failed StackCube episode runs all 400 steps (about 40 s here): 20 episodes, not 50
