@@ -26,7 +26,7 @@ import threading
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 
@@ -49,36 +49,50 @@ STAGES = ("tokenizer", "pretrain-video", "finetune")
 PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video"}
 
 
+def _opt(default, help: str, **argparse_kw):
+    """A TrainArgs field: its default and help are written here once; par-train's flag is made from them."""
+    return field(default=default, metadata={"help": help, **argparse_kw})
+
+
 @dataclass
 class TrainArgs:
-    stage: str
-    data: list[str]
-    out: Path
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 3e-4
-    weight_decay: float = 0.05
-    warmup: int = 100
-    grad_clip: float = 1.0
-    ema: float = 0.999
-    ckpt_every: int = 500
-    val_every: int = 500
-    log_every: int = 10
-    workers: int = 0
-    seed: int = 0
-    init: str | None = None
-    preset: str = "small"
-    overrides: tuple[str, ...] = ()
-    tasks: tuple[str, ...] = ()
-    device: str = "auto"
-    val_fraction: float = 0.1
-    val_windows: int = 16
-    """windows that each validation scores (spread evenly over the held-out episodes)"""
-    progress: bool = True
-    threads: int | None = None
-    """torch threads of each process (None: this machine's cores shared among the local ranks)"""
-    fg_weight: float = 20.0
-    """tokenizer stage: extra weight of the pixels that differ from the static scene (FrameTokenizer.loss)"""
+    """Everything a par-train run is told; ``parse_args`` builds the command line from these fields."""
+
+    stage: str = field(metadata={"help": "tokenizer | pretrain-video | finetune", "choices": STAGES, "positional": True})
+    data: list[str] = field(metadata={"help": ".h5 files, compact folders, data folders or video folders",
+                                      "nargs": "+", "required": True})
+    out: Path = field(metadata={"help": "run folder; each stage writes OUT/<stage>/", "required": True, "type": Path})
+    steps: int = _opt(2000, "optimiser steps of the stage")
+    batch_size: int = _opt(16, "windows per step (per process)")
+    lr: float | None = _opt(None, "peak learning rate (default 1e-3 for the tokenizer, 3e-4 otherwise)", type=float)
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases and norms)")
+    warmup: int = _opt(100, "learning-rate warm-up steps (at most a tenth of --steps)")
+    grad_clip: float = _opt(1.0, "gradient-norm clipping")
+    ema: float = _opt(0.999, "decay of the weights' moving average (what final/ holds)")
+    ckpt_every: int = _opt(500, "steps between training checkpoints (atomic; a re-run resumes from the last)")
+    val_every: int = _opt(500, "steps between validations")
+    log_every: int = _opt(10, "steps between logged losses (and the finiteness check)")
+    workers: int = _opt(0, "DataLoader workers (frames are already in memory)")
+    seed: int = _opt(0, "seed of the model's initialisation, the sampler and the noise")
+    init: str | None = _opt(None, "checkpoint folder to start from (default: the previous stage's final/)", type=str)
+    preset: str = _opt("small", "model size when starting from scratch (cpu64: 64x64 frames, trains on a CPU)",
+                       choices=sorted(PRESETS))
+    overrides: tuple[str, ...] = _opt((), "config overrides, e.g. --set chunk_size=4 history=8", flag="--set",
+                                      nargs="*", metavar="KEY=VALUE")
+    tasks: tuple[str, ...] = _opt((), "task names of the model (default: those in the data)", nargs="*")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    threads: int | None = _opt(None, "torch threads per process (default: the machine's cores shared among the local "
+                               "ranks); floating-point results are reproducible for a given count", type=int)
+    val_fraction: float = _opt(0.1, "fraction of episodes held out for validation")
+    val_windows: int = _opt(16, "held-out windows each validation scores, spread evenly over the held-out episodes "
+                            "(16 is quick but noisy; all of them for a final figure)")
+    progress: bool = _opt(True, "no progress bar", flag="--no-progress", action="store_false")
+    fg_weight: float = _opt(20.0, "tokenizer stage: extra loss weight of pixels that differ from the static scene "
+                            "(the arm, the cubes); 0 for a plain reconstruction loss")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.stage == "tokenizer" else 3e-4)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -520,7 +534,7 @@ def train(args: TrainArgs) -> dict:
         for p in model.frame_tokenizer.parameters():
             p.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = make_optimizer(params, args.lr, args.weight_decay, args.warmup, args.steps)
+    opt, sched = make_optimizer(params, args.learning_rate, args.weight_decay, args.warmup, args.steps)
     ema = EMA(model, args.ema)
     step = 0
     if resume is not None:
@@ -642,40 +656,20 @@ def train(args: TrainArgs) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainArgs:
+    """par-train's command line, one flag per :class:`TrainArgs` field (its default and help written there)."""
     p = argparse.ArgumentParser(prog="par-train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("stage", choices=STAGES)
-    p.add_argument("--data", nargs="+", required=True, help=".h5 files, compact folders, data folders or video folders")
-    p.add_argument("--out", type=Path, required=True, help="run folder; each stage writes OUT/<stage>/")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=None, help="default 1e-3 for the tokenizer, 3e-4 otherwise")
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--ckpt-every", type=int, default=500)
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (frames are already in memory)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", default=None, help="checkpoint folder to start from (default: previous stage's final/)")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS),
-                   help="model size when starting from scratch (cpu64: 64x64 frames, trains on a CPU)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. --set chunk_size=4 history=8")
-    p.add_argument("--tasks", nargs="*", default=[], help="task names of the model (default: those in the data)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per process (default: the machine's cores shared among the local ranks); "
-                        "floating-point results are reproducible for a given count")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--val-windows", type=int, default=16,
-                   help="held-out windows each validation scores (16 is quick but noisy; all of them for a final figure)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--fg-weight", type=float, default=20.0,
-                   help="tokenizer stage: extra loss weight of pixels that differ from the static scene "
-                        "(the arm, the cubes); 0 for a plain reconstruction loss")
+    for f in fields(TrainArgs):
+        kw = dict(f.metadata)
+        if kw.pop("positional", False):
+            p.add_argument(f.name, **kw)
+            continue
+        flag = kw.pop("flag", "--" + f.name.replace("_", "-"))
+        if f.default is not MISSING:
+            kw["default"] = f.default
+            if "type" not in kw and "action" not in kw and "nargs" not in kw:
+                kw["type"] = type(f.default)
+        p.add_argument(flag, dest=f.name, **kw)
     a = p.parse_args(argv)
     if a.val_windows < 1:
         p.error(f"--val-windows must be at least 1, got {a.val_windows}")
@@ -683,13 +677,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
         resolve_device(a.device)
     except (RuntimeError, ValueError) as err:  # e.g. --device cuda on a machine without CUDA: one line
         p.error(str(err))
-    lr = a.lr if a.lr is not None else (1e-3 if a.stage == "tokenizer" else 3e-4)
-    return TrainArgs(stage=a.stage, data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=lr,
-                     weight_decay=a.weight_decay, warmup=a.warmup, grad_clip=a.grad_clip, ema=a.ema,
-                     ckpt_every=a.ckpt_every, val_every=a.val_every, log_every=a.log_every, workers=a.workers,
-                     seed=a.seed, init=a.init, preset=a.preset, overrides=tuple(a.overrides), tasks=tuple(a.tasks),
-                     device=a.device, val_fraction=a.val_fraction, val_windows=a.val_windows, progress=not a.no_progress,
-                     fg_weight=a.fg_weight, threads=a.threads)
+    return TrainArgs(**{**vars(a), "overrides": tuple(a.overrides), "tasks": tuple(a.tasks)})
 
 
 def main(argv: list[str] | None = None) -> None:
