@@ -14,6 +14,8 @@ from typing import Any
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SAMPLERS = ("dpmsolver", "ddim")
+# Fields a loaded checkpoint may change: inference settings that leave the weights as they are.
+RUNTIME_FIELDS = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks")
 ENV_KWARGS = ("control_mode", "obs_mode", "camera_size", "camera_fov", "cameras", "max_episode_steps")
 
 

@@ -25,8 +25,6 @@ from par_agent.config import PARConfig
 from par_agent.models import InferenceState, PhysicalAutoregressiveModel
 from par_agent.tokenizers.frames import resize_frames
 
-# Config fields that may be changed when loading: they do not change the weights.
-RUNTIME_OVERRIDES = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks")
 
 
 @contextmanager
@@ -112,9 +110,6 @@ class PARPolicy(BasePolicy):
         ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
         ``sampler``, ``history``, ``evict_blocks``.
         """
-        bad = sorted(set(overrides) - set(RUNTIME_OVERRIDES))
-        if bad:
-            raise TypeError(f"unknown overrides {bad}; allowed: {list(RUNTIME_OVERRIDES)}, device, task, action_space, seed")
         model = PhysicalAutoregressiveModel.from_pretrained(name_or_path, device=device, **overrides)
         return cls(model, task=task, action_space=action_space, seed=seed, num_threads=num_threads).to(model.device)
 

@@ -26,7 +26,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from par_agent.config import PARConfig
+from par_agent.config import RUNTIME_FIELDS, PARConfig
 from par_agent.models.heads import ActionHead, Diffusion, FrameHead, repeat_cond
 from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
 from par_agent.models.transformer import Backbone, KVCache
@@ -470,13 +470,18 @@ class PhysicalAutoregressiveModel(nn.Module):
     def from_pretrained(cls, name_or_path, device: str | torch.device = "cpu", **overrides) -> "PhysicalAutoregressiveModel":
         """Rebuild from a checkpoint folder (built-in name, local folder or hub id), in eval mode.
 
-        ``overrides`` replace config fields that do not change the weights, e.g.
-        ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``.
+        ``overrides`` replace config fields that do not change the weights (``config.RUNTIME_FIELDS``:
+        ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``); any
+        other name is a ``TypeError``.
         """
         from par_agent.device import resolve_device
         from par_agent.hub import load_state, read_checkpoint, resolve
 
         device = resolve_device(device)
+        bad = sorted(set(overrides) - set(RUNTIME_FIELDS))
+        if bad:
+            raise TypeError(f"unknown overrides {bad}; a loaded checkpoint may change only {list(RUNTIME_FIELDS)} "
+                            "(and PARPolicy.from_pretrained also takes device, task, action_space, seed, num_threads)")
         folder = resolve(name_or_path)
         cfg, state, _ = read_checkpoint(folder)
         if overrides:
