@@ -20,7 +20,6 @@ import json
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from par_agent.data.dataset import PhysicalStepDataset

@@ -6,7 +6,7 @@ from typing import Callable, Optional, Sequence
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec
 
-from envs.maniskill import SUPPORTED_TASKS, capture_only, check_task, gym_make, keep_renderer_warm  # noqa: F401
+from envs.maniskill import capture_only, check_task, gym_make, keep_renderer_warm
 from envs.wrappers import PARObservationWrapper, SingleEnvNumpyWrapper
 
 # ManiSkill registers these tasks with 50 steps, but motion-planning demos are longer (seen here:

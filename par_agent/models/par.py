@@ -205,7 +205,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         block n; and, with actions, ``actions`` (B, T-1, K, Da) raw: A_n inferred from the real
         F_{n+1} (the inverse-kinematics read-out), both with the config's sampler.
         """
-        cfg, dev = self.cfg, self.device
+        cfg = self.cfg
         z, a_n, idx, h = self._run_window(batch)
         B, T = z.shape[:2]
         cond = self.frame_head.prepare(h[:, idx["frame"][:-1]].flatten(0, 1), h[:, idx["last"][:-1]].flatten(0, 1))
@@ -413,7 +413,7 @@ class PhysicalAutoregressiveModel(nn.Module):
                  action_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`act` for R contexts in one call, from the given initial noise (R, P, C) and (R, K, Da).
         Returns actions (R, K, Da) raw and the imagined frame tokens (R, P, C)."""
-        cfg, P = self.cfg, self.cfg.frame_tokens
+        P = self.cfg.frame_tokens
         # a block starts with its P frame tokens and ends with the state token
         cond = self.frame_head.prepare(torch.cat([st.hidden[:, :P] for st in states]),
                                        torch.cat([st.hidden[:, -1] for st in states]))
