@@ -221,10 +221,9 @@ class PhysicalAutoregressiveModel(nn.Module):
 
     # ------------------------------------------------------------------ inference
     def _meta(self, st: InferenceState, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block index and kind of every token of the context (+ extra block)."""
-        kinds = [torch.tensor([int(Kind.PREFIX)])] + st.kinds + ([extra] if extra is not None else [])
-        block = torch.cat([torch.full((len(k),), i - 1) for i, k in enumerate(kinds)])
-        return block.to(self.device), torch.cat(kinds).to(self.device)
+        """Block index and kind of every token of the context (+ extra block), on the model's device."""
+        block, kind = self._meta_cpu(st, extra)
+        return block.to(self.device), kind.to(self.device)
 
     def _run(self, st: InferenceState, emb: torch.Tensor | None = None, kinds: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone outputs of a new block appended to the context, or (emb None) of the last real
@@ -387,7 +386,7 @@ class PhysicalAutoregressiveModel(nn.Module):
 
     @staticmethod
     def _meta_cpu(st: InferenceState, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block index and kind (CPU) of every token of a context (+ extra block), as :meth:`_meta`."""
+        """Block index (-1 for the prefix) and kind of every token of a context (+ extra block), on the host."""
         kinds = [torch.tensor([int(Kind.PREFIX)])] + st.kinds + ([extra] if extra is not None else [])
         return torch.cat([torch.full((len(k),), i - 1) for i, k in enumerate(kinds)]), torch.cat(kinds)
 
