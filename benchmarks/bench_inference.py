@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     for ctx in args.contexts:
         row = {}
         for cached in (True, False):
-            model.use_kv_cache = cached
+            model.set_runtime(use_kv_cache=cached)
             time_chunks(model, min(ctx, 2), args.batch, 1)  # warm-up
             row["cached_ms" if cached else "uncached_ms"] = time_chunks(model, ctx, args.batch, args.repeats)
         row["speedup"] = row["uncached_ms"] / row["cached_ms"]

@@ -6,7 +6,7 @@
     python benchmarks/bench_train.py --preset cpu64 --set image_size=128 vae_stride=8 'vae_channels=[16,32,64,64]' patch_size=4
 
 One optimiser step is timed exactly as ``par-train`` runs it, with its own function
-(``par_agent.train.train_step``): the host->device copy of the batch, forward (bf16 autocast on
+(``par_agent.training.step.train_step``): the host->device copy of the batch, forward (bf16 autocast on
 CUDA), backward, gradient clipping, AdamW, the schedule and the EMA, on windows of ``history`` blocks. ``pretrain-video`` and
 ``finetune`` use precomputed frame tokens (the tokenizer is frozen after its stage, and
 ``par-train`` encodes the dataset once); ``tokenizer`` trains the autoencoder on single frames.
@@ -26,7 +26,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.train import EMA, TokenizerObjective, autocast_for, make_optimizer, parse_overrides, train_step
+from par_agent.training import parse_overrides
+from par_agent.training.checkpoints import make_ema
+from par_agent.training.step import TokenizerObjective, autocast_for, make_optimizer, train_step
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
 
@@ -34,7 +36,7 @@ STAGES = ("tokenizer", "pretrain-video", "finetune")
 def make_batch(cfg: PARConfig, stage: str, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     """A random batch shaped like the stage's training batches (see ``PhysicalStepDataset``)."""
     B, T, K = batch, cfg.history, cfg.chunk_size
-    if stage == "tokenizer":  # the real frames of B windows (par_agent.train.frames_collate)
+    if stage == "tokenizer":  # the real frames of B windows (par_agent.training.data.frames_collate)
         return {"frames": torch.randint(0, 256, (B * T, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8,
                                         device=device)}
     out = {"frame_tokens": torch.randn(B, T, cfg.frame_tokens, cfg.token_dim, device=device),
@@ -63,11 +65,11 @@ def bench_stage(model: PhysicalAutoregressiveModel, stage: str, batch_size: int,
     for p in params:
         p.requires_grad_(True)
     opt, sched = make_optimizer(params, lr=1e-4, weight_decay=0.05, warmup=0, steps=10**6)
-    ema = EMA(model, 0.999)
+    ema = make_ema(model, 0.999)
     batch = make_batch(model.cfg, stage, batch_size, torch.device("cpu"))  # moved to the device in each step
 
     def step() -> None:
-        train_step(objective, model, batch, opt, sched, params, 1.0, ema, 0, dev, amp)
+        train_step(objective, model, batch, opt, sched, params, 1.0, ema, dev, amp)
 
     for _ in range(warmup):
         step()

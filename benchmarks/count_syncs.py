@@ -10,7 +10,7 @@ counted: reading a value (``.item()``, ``float()``, ``bool()``), a data-dependen
 boolean-mask indexing, ``masked_select``) and a device->host copy. Values read are stood in for by
 zeros, which is enough to count; data-dependent shapes cannot be stood in for and raise.
 
-Counted: one optimiser step exactly as ``par-train`` runs it (``par_agent.train.train_step``: the
+Counted: one optimiser step exactly as ``par-train`` runs it (``par_agent.training.step.train_step``: the
 host->device copy of the batch, forward, backward, clipping, AdamW, schedule, EMA) for each stage,
 plus the one all-reduced loss read that ``par-train`` makes at log and checkpoint steps; and one
 ``PARPolicy.predict`` call that computes a chunk for 4 envs, at the step where their contexts are full
@@ -73,7 +73,9 @@ def model_on_device(cfg: PARConfig) -> PhysicalAutoregressiveModel:
 
 def count_train_step(cfg: PARConfig, stage: str, batch_size: int = 2) -> Counter:
     from benchmarks.bench_train import make_batch
-    from par_agent.train import EMA, TokenizerObjective, all_mean, autocast_for, make_optimizer, train_step
+    from par_agent.training.checkpoints import make_ema
+    from par_agent.training.distributed import all_mean
+    from par_agent.training.step import TokenizerObjective, autocast_for, make_optimizer, train_step
 
     model = model_on_device(cfg)
     dev = torch.device("meta")
@@ -81,10 +83,10 @@ def count_train_step(cfg: PARConfig, stage: str, batch_size: int = 2) -> Counter
     params = list(model.frame_tokenizer.parameters()) if stage == "tokenizer" else \
         [p for n, p in model.named_parameters() if not n.startswith("frame_tokenizer.")]
     opt, sched = make_optimizer(params, 1e-4, 0.05, 0, 100)
-    ema = EMA(model, 0.999)
+    ema = make_ema(model, 0.999)
     batch = make_batch(cfg, stage, batch_size, torch.device("cpu"))
     with SimulatedDevice() as sim:
-        out, _ = train_step(objective, model, batch, opt, sched, params, 1.0, ema, 0, dev, autocast_for(dev))
+        out, _ = train_step(objective, model, batch, opt, sched, params, 1.0, ema, dev, autocast_for(dev))
     step = Counter(sim.counts)
     with SimulatedDevice() as sim:
         all_mean(out["loss"].float(), 1).item()  # par-train's read at log and checkpoint steps

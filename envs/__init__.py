@@ -37,15 +37,3 @@ __all__ = [
     "state_keys",
     "stitch_cameras",
 ]
-
-# Physical-token observations pull in the frame tokenizer (diffusers): import them lazily.
-_LAZY = {"PhysicalTokenObservation": "envs.tokens", "make_token_vec_env": "envs.tokens"}
-__all__ += list(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'envs' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """PPO on PAR's physical tokens: PushCube with a dense reward, observations = the frame tokens and
-normalised state of a PAR checkpoint (envs.PhysicalTokenObservation), policy features from
+normalised state of a PAR checkpoint (par_agent.PhysicalTokenObservation), policy features from
 par_agent.sb3.PhysicalTokenExtractor.
 
     python examples/ppo_physical_tokens.py --timesteps 200000 --n-envs 4           # checkpoint par-pushcube
@@ -26,7 +26,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecMonitor
 from tqdm.auto import tqdm
 
-from envs import PhysicalTokenObservation, VideoRecorder, control_freq, make_env, make_token_vec_env
+from envs import VideoRecorder, control_freq, make_env
+from par_agent.tokens import PhysicalTokenObservation, make_token_vec_env
 from par_agent.config import PARConfig
 from par_agent.evaluate import DEFAULT_SEED_START
 from par_agent.hub import CONFIG_NAME, resolve

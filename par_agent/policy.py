@@ -88,7 +88,6 @@ class PARPolicy(BasePolicy):
         super().__init__(observation_space or observation_space_for(model.cfg), action_space or action_space_for(model),
                          normalize_images=False)
         self.model = model.eval()
-        self.cfg = model.cfg
         self.task = task or self.cfg.task_names[0]
         self.task_index = self.cfg.task_id(self.task)
         self.seed = seed
@@ -97,6 +96,11 @@ class PARPolicy(BasePolicy):
         self.num_threads = num_threads
         self.batch_envs = batch_envs
         self.reset()
+
+    @property
+    def cfg(self) -> PARConfig:
+        """The model's config (one source: ``policy.model.set_runtime(...)`` changes are seen here)."""
+        return self.model.cfg
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod

@@ -1,4 +1,4 @@
-"""Stable-Baselines3 pieces for learning on PAR's physical tokens (``envs.PhysicalTokenObservation``).
+"""Stable-Baselines3 pieces for learning on PAR's physical tokens (``par_agent.PhysicalTokenObservation``).
 
     env = PhysicalTokenObservation.from_pretrained(make_env("PushCube-v1"), "par-pushcube")
     model = PPO("MultiInputPolicy", env, policy_kwargs={"features_extractor_class": PhysicalTokenExtractor})
@@ -40,7 +40,7 @@ class PhysicalTokenExtractor(BaseFeaturesExtractor):
         if not isinstance(observation_space, spaces.Dict) or "frame_tokens" not in observation_space.spaces:
             raise ValueError(
                 "PhysicalTokenExtractor needs a Dict observation space with 'frame_tokens' (P, C) "
-                f"(wrap the env in envs.PhysicalTokenObservation), got {observation_space}"
+                f"(wrap the env in par_agent.PhysicalTokenObservation), got {observation_space}"
             )
         if token_width % num_heads:
             raise ValueError(f"token_width={token_width} must be divisible by num_heads={num_heads}")

@@ -42,6 +42,20 @@ def pickcube_demo(demo_root) -> Path:
     return trajectory_path(out, "PickCube-v1")
 
 
+@pytest.fixture(scope="session")
+def pickcube_ee_demo(demo_root) -> Path:
+    """Path to a ManiSkill ``.h5`` of 1 PickCube-v1 demo (rgb 32x32) in ``pd_ee_delta_pos``, made by
+    ``par-collect --control-mode pd_ee_delta_pos`` (motion planning in pd_joint_pos, then ManiSkill's
+    replay conversion); its pd_joint_pos source lies beside it. Read-only."""
+    from par_agent.data.collect import main, trajectory_path
+    from par_agent.data.convert import converted_path
+
+    out = demo_root / "pickcube_ee"
+    assert main(["--task", "PickCube-v1", "--num-demos", "1", "--out", str(out), "--camera-size", "32",
+                 "--control-mode", "pd_ee_delta_pos", "--no-progress"]) == 0
+    return converted_path(trajectory_path(out, "PickCube-v1"), "pd_ee_delta_pos")
+
+
 @pytest.fixture
 def tmp_video_folder(tmp_path) -> Path:
     """A folder with three short synthetic mp4 videos (64x64, 9/13/17 frames of moving squares)."""

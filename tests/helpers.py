@@ -1,4 +1,8 @@
 """Small builders shared by the tests."""
+from pathlib import Path
+
+import h5py
+import numpy as np
 import torch
 
 from par_agent.config import PARConfig
@@ -32,3 +36,17 @@ def synthetic_batch(cfg: PARConfig, B: int = 4, T: int | None = None, seed: int 
         batch["actions"] = torch.rand(B, T - 1, cfg.chunk_size, cfg.action_dim, generator=g) * 2 - 1
         batch["action_mask"] = torch.ones(B, T - 1, cfg.chunk_size, dtype=torch.bool)
     return batch
+
+
+def write_frames_h5(path: Path, episodes: list[np.ndarray]) -> Path:
+    """A ManiSkill-layout ``.h5`` whose episodes show the given frames ((L+1, H, W, 3) uint8 each), with
+    zero actions and states: frames for ``par-train tokenizer`` (train with ``--set chunk_size=1`` to see
+    every frame)."""
+    with h5py.File(path, "w") as f:
+        for i, frames in enumerate(episodes):
+            g = f.create_group(f"traj_{i}")
+            g["actions"] = np.zeros((len(frames) - 1, 2), np.float32)
+            g["obs/agent/qpos"] = np.zeros((len(frames), 2), np.float32)
+            g["obs/agent/qvel"] = np.zeros((len(frames), 2), np.float32)
+            g["obs/sensor_data/base_camera/rgb"] = frames
+    return path

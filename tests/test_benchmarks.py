@@ -69,8 +69,8 @@ def test_tokenizer_ablation_reports_frame_and_cube_psnr(pushcube_demos):
 
     from benchmarks import tokenizer_ablation
 
-    out = tokenizer_ablation.main(["--data", str(pushcube_demos), "--preset", "tiny", "--set", "image_size=64", "--steps", "3", "--batch-size", "4",
-                                   "--chunk-size", "2", "--val-fraction", "0.5", "--json"])
+    out = tokenizer_ablation.main(["--data", str(pushcube_demos), "--preset", "tiny", "--set", "image_size=64",
+                                   "chunk_size=2", "--steps", "3", "--batch-size", "4", "--val-fraction", "0.5", "--json"])
     held_out = out["after"][str(pushcube_demos)]
     assert out["train_frames"] > 0 and held_out["frames"] > 0  # one demo trains, the other is held out
     assert math.isfinite(held_out["psnr"]) and held_out["psnr"] != out["before"][str(pushcube_demos)]["psnr"]
@@ -86,7 +86,7 @@ def test_privileged_state_matches_a_live_env(pushcube_demos, tmp_path):
     import h5py
     import numpy as np
 
-    from benchmarks import privileged_state
+    from par_agent.data import privileged as privileged_state
     from envs import flatten_state, make_env
     from envs import gym_make
     from par_agent.data.compact import load_episodes_json, read_group

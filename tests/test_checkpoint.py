@@ -28,6 +28,24 @@ def test_overrides_apply_after_loading(tmp_path):
     assert m.use_kv_cache is False and m.num_inference_steps == 2
 
 
+def test_inference_settings_have_one_validated_source():
+    """use_kv_cache / num_inference_steps are the config's: set_runtime changes them (validated, runtime
+    fields only); assigning the model attribute is refused instead of silently diverging."""
+    import pytest
+
+    m = tiny_model()
+    m.set_runtime(num_inference_steps=2, use_kv_cache=False, sampler="dpmsolver")
+    assert (m.cfg.num_inference_steps, m.num_inference_steps, m.use_kv_cache) == (2, 2, False)
+    assert type(m.diffusion.sample_sched).__name__ == "DPMSolverMultistepScheduler"
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        m.set_runtime(num_inference_steps=10**6)
+    with pytest.raises(TypeError, match="width"):
+        m.set_runtime(width=8)
+    with pytest.raises(AttributeError):
+        m.use_kv_cache = True
+    assert m.cfg.num_inference_steps == 2  # a refused change leaves the settings as they were
+
+
 def test_half_precision_save_loads_back_to_float32(tmp_path):
     m = tiny_model()
     m.save_pretrained(tmp_path, dtype=torch.float16)

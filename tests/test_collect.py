@@ -221,3 +221,30 @@ def test_second_collect_into_the_same_folder_is_refused(tmp_path, capsys):
         assert err[-1].startswith("par-collect: error: another par-collect is collecting into")
         assert not any("Traceback" in line for line in err)
     assert (chunks / "chunk_s00000000_w0.partial.h5").exists()  # the other run's chunk is untouched
+
+
+def test_collect_in_end_effector_control(pickcube_ee_demo, capsys):
+    """--control-mode pd_ee_delta_pos: the demos are converted by ManiSkill's replay tool, keep the
+    source's episode limit and seeds, and a second run does not convert again."""
+    import json
+
+    from par_agent.data.collect import main, trajectory_path
+
+    source = pickcube_ee_demo.with_name("trajectory.rgb.pd_joint_pos.h5")
+    meta, src = (json.loads(p.with_suffix(".json").read_text()) for p in (pickcube_ee_demo, source))
+    assert meta["env_info"]["env_kwargs"]["control_mode"] == "pd_ee_delta_pos"
+    assert meta["env_info"]["max_episode_steps"] == src["env_info"]["max_episode_steps"] == 200
+    assert meta["env_info"]["env_kwargs"]["sensor_configs"] == src["env_info"]["env_kwargs"]["sensor_configs"]
+    assert [e["episode_seed"] for e in meta["episodes"]] == [e["episode_seed"] for e in src["episodes"]]
+    assert meta["converted_from"] == {"file": source.name, "episodes": 1}
+    with h5py.File(pickcube_ee_demo) as f:
+        actions = f["traj_0/actions"][()]
+        assert actions.shape[1] == 4 and f["traj_0/obs/sensor_data/base_camera/rgb"].shape[1:] == (32, 32, 3)
+    assert np.abs(actions[:, :3]).max() <= 1.0 and set(np.unique(actions[:, 3])) <= {-1.0, 1.0}
+    mtime = pickcube_ee_demo.stat().st_mtime_ns
+    out = pickcube_ee_demo.parents[2]
+    assert main(["--task", "PickCube-v1", "--num-demos", "1", "--out", str(out), "--camera-size", "32",
+                 "--control-mode", "pd_ee_delta_pos", "--no-progress"]) == 0
+    assert pickcube_ee_demo.stat().st_mtime_ns == mtime
+    assert "converting" not in capsys.readouterr().err
+    assert trajectory_path(out, "PickCube-v1") == source

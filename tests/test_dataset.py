@@ -277,3 +277,14 @@ def test_frame_size_mismatch_names_the_file(tmp_path):
         imageio.mimwrite(folder / name, [np.zeros((size, size, 3), np.uint8)] * 9, fps=20, macro_block_size=1)
     with pytest.raises(ValueError, match=r"b\.mp4.*same frame size"):
         PhysicalStepDataset(folder, history=2, chunk_size=4, frames_only=True)
+
+
+def test_demos_of_two_control_modes_are_refused(pickcube_ee_demo):
+    """A ManiSkill folder often holds a pd_joint_pos file beside its conversion: reading the folder names
+    both modes instead of mixing 8-d joint targets with 4-d end-effector deltas; one file reads."""
+    folder = pickcube_ee_demo.parent
+    with pytest.raises(ValueError, match=r"2 control modes.*pd_ee_delta_pos.*pd_joint_pos"):
+        PhysicalStepDataset(folder, history=2, chunk_size=4)
+    ds = PhysicalStepDataset(pickcube_ee_demo, history=2, chunk_size=4)
+    assert ds.actions.shape[1] == 4
+    assert len(PhysicalStepDataset(folder, history=2, chunk_size=4, frames_only=True)) > 0  # frames mix fine

@@ -45,7 +45,7 @@ def test_backend_follows_the_training_device(monkeypatch):
     """gloo for --device cpu even where CUDA exists (NCCL cannot reduce CPU tensors); NCCL for cuda."""
     import torch.distributed as dist
 
-    from par_agent.train import dist_setup
+    from par_agent.training.distributed import dist_setup
 
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -42,8 +42,6 @@ def test_no_import_circle_between_files():
 
 def test_envs_does_not_import_par_agent():
     for p in (ROOT / "envs").rglob("*.py"):
-        if p.name == "tokens.py":  # the token wrapper needs the frame tokenizer; envs imports it lazily
-            continue
         bad = [m for m, _ in _imports(p, top_level_only=False) if m.split(".")[0] == "par_agent"]
         assert not bad, f"{p.name} imports {bad}"
 

@@ -7,7 +7,7 @@ from helpers import synthetic_batch, tiny_model
 
 def rollout(model, use_cache: bool, steps: int, B: int = 2, seed: int = 0):
     """Run the inference loop with fixed noise and observations; return actions and frames."""
-    model.use_kv_cache = use_cache
+    model.set_runtime(use_kv_cache=use_cache)
     cfg = model.cfg
     g_obs, g_noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     obs = lambda: (  # noqa: E731
@@ -82,7 +82,7 @@ def test_actions_are_clipped_to_the_dataset_range():
 
 def test_evicted_context_looks_like_a_training_window():
     m = tiny_model()
-    m.use_kv_cache = True
+    m.set_runtime(use_kv_cache=True)
     cfg = m.cfg
     fr = torch.zeros(1, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
     s = torch.zeros(1, cfg.state_dim)

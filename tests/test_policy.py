@@ -153,7 +153,7 @@ def test_one_call_for_many_envs_equals_the_per_env_loop(use_kv_cache):
 
     m = tiny_model()
     m.action_norm.set_stats(-np.ones(8, np.float32), np.ones(8, np.float32))
-    m.use_kv_cache = use_kv_cache
+    m.set_runtime(use_kv_cache=use_kv_cache)
     rng = np.random.default_rng(0)
     n, T = 4, 6 * m.cfg.chunk_size * m.cfg.history  # long enough for every env to evict several times
     seq = [{"rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),

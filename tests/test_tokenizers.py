@@ -3,8 +3,24 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import write_frames_h5
 from par_agent.config import PARConfig
-from par_agent.tokenizers import FrameTokenizer, Normalizer, background_frame, reconstruction_psnr, train_frame_tokenizer
+from par_agent.models import Normalizer, PhysicalAutoregressiveModel
+from par_agent.tokenizers import FrameTokenizer, background_frame, reconstruction_psnr
+from par_agent.train import main as train_main
+
+
+def train_tokenizer(frames: np.ndarray, out, steps: int, *overrides: str, fg_weight: float = 0.0,
+                    lr: float = 2e-3) -> FrameTokenizer:
+    """``par-train tokenizer`` (the one tokenizer trainer) on frames (N, 32, 32, 3), 8 episodes of N/8; the
+    tiny preset with ``overrides``, 2 windows of 8 frames a step; returns the final (EMA) tokenizer."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = write_frames_h5(out / "frames.h5", np.split(frames, 8))
+    train_main(["tokenizer", "--data", str(data), "--out", str(out), "--preset", "tiny", "--set", "chunk_size=1",
+                "history=8", *overrides, "--steps", str(steps), "--batch-size", "2", "--lr", str(lr),
+                "--fg-weight", str(fg_weight), "--val-fraction", "0", "--ckpt-every", str(steps),
+                "--val-every", str(steps), "--threads", "2", "--no-progress"])
+    return PhysicalAutoregressiveModel.from_pretrained(out / "tokenizer" / "final").frame_tokenizer.eval()
 
 
 def test_shapes_and_patchify_round_trip():
@@ -27,10 +43,9 @@ def test_bad_frames_named():
         tok.encode(torch.zeros(1, 32, 32, 3))
 
 
-def test_training_improves_reconstruction_and_sets_unit_latents():
-    cfg = PARConfig.named("tiny")
-    torch.manual_seed(0)
-    tok = FrameTokenizer(cfg)
+def test_training_improves_reconstruction_and_sets_unit_latents(tmp_path):
+    torch.manual_seed(0)  # par-train's tiny preset from scratch with seed 0: the weights before training
+    before_tok = FrameTokenizer(PARConfig.named("tiny"))
     # smooth synthetic scenes: a coloured square on a gradient
     rng = np.random.default_rng(0)
     frames = np.zeros((64, 32, 32, 3), np.uint8)
@@ -38,10 +53,10 @@ def test_training_improves_reconstruction_and_sets_unit_latents():
         frames[i] = np.linspace(40, 200, 32, dtype=np.uint8)[None, :, None]
         x, y = rng.integers(0, 24, 2)
         frames[i, y:y + 8, x:x + 8] = rng.integers(0, 256, 3)
-    before = reconstruction_psnr(tok, frames)
-    metrics = train_frame_tokenizer(tok, frames, steps=150, batch_size=16, lr=2e-3, progress=False)
+    before = reconstruction_psnr(before_tok, frames)
+    tok = train_tokenizer(frames, tmp_path, 150)
     after = reconstruction_psnr(tok, frames)
-    assert after > before + 8 and after > 20, (before, after, metrics)
+    assert after > before + 8 and after > 20, (before, after)
     tokens = tok.encode(torch.as_tensor(frames))
     assert 0.7 < tokens.std().item() < 1.3
 
@@ -72,24 +87,14 @@ def test_background_frame_is_the_static_scene():
         background_frame(np.zeros((32, 32, 3), np.uint8))
 
 
-def test_train_frame_tokenizer_rejects_too_few_steps():
-    frames, _, _ = small_object_scenes(8)
-    with pytest.raises(ValueError, match="steps >= 3, got 2"):
-        train_frame_tokenizer(FrameTokenizer(PARConfig.named("tiny")), frames, steps=2, progress=False)
-    train_frame_tokenizer(FrameTokenizer(PARConfig.named("tiny")), frames, steps=3, batch_size=2, progress=False)
-
-
-def test_foreground_weight_keeps_small_objects():
+def test_foreground_weight_keeps_small_objects(tmp_path):
     """The same training budget with and without foreground weighting (a stride-4 autoencoder,
     as the cpu64 protocol uses): unweighted, the 2x2 cubes blur into the table (mean error
     about 100 of 255 on their pixels); weighted, they are reconstructed (about 15-25)."""
     frames, mask, _ = small_object_scenes()
-    cfg = PARConfig.named("tiny", vae_stride=4, vae_channels=(8, 16, 16))
     cube_err = {}
     for fg in (0.0, 20.0):
-        torch.manual_seed(0)
-        tok = FrameTokenizer(cfg)
-        train_frame_tokenizer(tok, frames, steps=200, batch_size=16, lr=2e-3, fg_weight=fg, progress=False)
+        tok = train_tokenizer(frames, tmp_path / str(fg), 200, "vae_stride=4", "vae_channels=[8,16,16]", fg_weight=fg)
         rec = tok.decode(tok.encode(torch.as_tensor(frames))).numpy().astype(float)
         cube_err[fg] = np.abs(rec - frames)[mask].mean()
     assert cube_err[20.0] < 0.5 * cube_err[0.0], cube_err

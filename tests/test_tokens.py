@@ -1,4 +1,4 @@
-"""Physical-token observations (envs.PhysicalTokenObservation) and the SB3 extractor on real
+"""Physical-token observations (par_agent.PhysicalTokenObservation) and the SB3 extractor on real
 ManiSkill rendering (32x32 camera, tiny model): spaces, Gymnasium conformance, equality with the
 model's own token calls, PPO/SAC training and SB3 save/load."""
 from __future__ import annotations
@@ -45,7 +45,8 @@ def checkpoints(tmp_path_factory):
 def test_observations_in_space_and_check_env(task, checkpoints):
     from gymnasium.utils.env_checker import check_env
 
-    from envs import PhysicalTokenObservation, make_env
+    from envs import make_env
+    from par_agent.tokens import PhysicalTokenObservation
 
     model, folder = checkpoints[STATE_DIMS[task]]
     env = PhysicalTokenObservation.from_pretrained(make_env(task, camera_size=32, max_episode_steps=8), folder)
@@ -67,7 +68,8 @@ def test_observations_in_space_and_check_env(task, checkpoints):
 
 
 def test_tokens_equal_the_models_own_calls(checkpoints):
-    from envs import PhysicalTokenObservation, flatten_state, make_env
+    from envs import flatten_state, make_env
+    from par_agent.tokens import PhysicalTokenObservation
 
     model, folder = checkpoints[25]
     base = make_env("PushCube-v1", camera_size=32, max_episode_steps=8)
@@ -107,7 +109,8 @@ def test_tokens_equal_the_models_own_calls(checkpoints):
 
 
 def test_size_mismatch_errors_name_both_sizes(checkpoints):
-    from envs import PhysicalTokenObservation, make_env
+    from envs import make_env
+    from par_agent.tokens import PhysicalTokenObservation
 
     model, _ = checkpoints[25]
     env = make_env("PushCube-v1", camera_size=64, max_episode_steps=8)
@@ -174,7 +177,7 @@ def _recording_logger():
 
 @pytest.fixture(scope="module")
 def token_vec_env(checkpoints):
-    from envs import make_token_vec_env
+    from par_agent.tokens import make_token_vec_env
 
     _, folder = checkpoints[25]
     vec = make_token_vec_env("PushCube-v1", 2, folder, seed=0, max_episode_steps=20, reward_mode="normalized_dense")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from par_agent.train import latest_checkpoint, main as train_main
+from par_agent.train import main as train_main
+from par_agent.training.checkpoints import latest_checkpoint
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--no-progress", "--log-every", "1", "--val-every", "1000"]
 
@@ -102,7 +103,7 @@ def test_par_eval_report(trained_run, tmp_path):
 
 
 def test_kill_after_checkpoint_then_resume(pushcube_demos, tmp_path, monkeypatch):
-    import par_agent.train as T
+    import par_agent.training.loop as T
 
     run_stage("tokenizer", pushcube_demos, tmp_path, 2)
     calls = {"n": 0}
@@ -162,7 +163,7 @@ def test_distributed_two_gloo_processes(pushcube_demos, tmp_path):
 def test_adapt_model_keeps_fitting_weights_and_task_rows():
     from par_agent.config import PARConfig
     from par_agent.models import PhysicalAutoregressiveModel
-    from par_agent.train import adapt_model
+    from par_agent.training.model import adapt_model
 
     torch.manual_seed(0)
     m = PhysicalAutoregressiveModel(PARConfig.named("tiny", task_names=("A-v1", "B-v1", "C-v1")))
@@ -190,7 +191,7 @@ def test_finetune_adapts_a_multitask_video_model_to_the_task_and_state_size(trai
     differs from the pretrained config (as PickCube's 29 values differ from PushCube's 25)."""
     from par_agent.hub import read_checkpoint
     from par_agent.models import PhysicalAutoregressiveModel
-    from par_agent.train import adapt_model
+    from par_agent.training.model import adapt_model
 
     video = PhysicalAutoregressiveModel.from_pretrained(trained_run / "pretrain-video" / "final")
     multi, _ = adapt_model(video, task_names=("PickCube-v1", "PushCube-v1", "StackCube-v1"), state_dim=7)
@@ -235,7 +236,8 @@ def test_validate_scores_the_asked_windows_in_batches(trained_run, pushcube_demo
     time gives the figures of one batch (the tokenizer's exactly; sampled ones stay finite)."""
     from par_agent.data.dataset import PhysicalStepDataset
     from par_agent.models import PhysicalAutoregressiveModel
-    from par_agent.train import parse_args, validate
+    from par_agent.training import parse_args
+    from par_agent.training.validation import validate
 
     m = PhysicalAutoregressiveModel.from_pretrained(trained_run / "finetune" / "final")
     cfg = m.cfg
@@ -293,7 +295,7 @@ def test_non_finite_loss_stops_before_a_checkpoint(pushcube_demos, tmp_path, mon
 def test_checkpoint_rng_covers_every_device(monkeypatch):
     """Resuming restores the RNG of every device the run drew from (diffusion noise is drawn on the
     model's device); a CUDA checkpoint cannot be resumed silently without CUDA."""
-    import par_agent.train as T
+    import par_agent.training.checkpoints as T
 
     state = T.rng_state()
     assert set(state) == {"cpu", "numpy"}  # CUDA never initialised on this machine

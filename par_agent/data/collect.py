@@ -30,6 +30,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from par_agent.data.convert import CONTROL_MODES, convert_control_mode
+
 CONTROL_MODE = "pd_joint_pos"
 OBS_MODE = "rgb"
 
@@ -311,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera-fov", type=float, default=None,
                    help="field of view of the cameras in radians (default: the task's, pi/2); e.g. 0.8 frames "
                    "the workspace so the cubes get several times the pixels")
+    p.add_argument("--control-mode", default="pd_joint_pos", choices=CONTROL_MODES,
+                   help="control mode of the demos to train on: the planners act in pd_joint_pos; another mode "
+                   "(pd_ee_delta_pos is ManiSkill's choice for imitation learning) is converted afterwards with "
+                   "ManiSkill's replay tool into trajectory.rgb.MODE.h5 beside the source")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--chunk-size", type=int, default=50, help="demos per intermediate chunk file")
     p.add_argument("--max-episode-steps", type=int, default=None, help="recorded episode limit (default per task)")
@@ -352,6 +358,8 @@ def _main(argv=None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if args.control_mode != CONTROL_MODE:
+        path = convert_control_mode(path, args.control_mode, workers=args.workers)
     print(f"[par-collect] {path} ({time.time() - t0:.1f} s)")
     if args.export_compact:
         from par_agent.data.compact import export_compact

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from envs import extra_order, flatten_state, stitch_cameras
+from par_agent.data.sources import env_info
 from par_agent.tokenizers.frames import resize_frames
 from par_agent.data.compact import (
     is_compact_dir,
@@ -152,6 +153,21 @@ def _video_episodes(paths: list[Path]) -> list[_Episode]:
         return load
 
     return [_Episode(f"{p.parent.name}/{p.name}", str(p), loader(p), False, False) for p in paths]
+
+
+def _check_one_control_mode(episodes: list[_Episode]) -> None:
+    """Refuse demos recorded in different control modes (e.g. a folder holding ManiSkill's
+    ``trajectory.rgb.pd_joint_pos.h5`` beside its ``pd_ee_delta_pos`` conversion): their actions mean
+    different things."""
+    modes: dict[str, list[str]] = {}
+    for src in sorted({ep.source for ep in episodes}):
+        mode = env_info(src).get("env_kwargs", {}).get("control_mode")
+        if mode:
+            modes.setdefault(mode, []).append(src)
+    if len(modes) > 1:
+        listing = "; ".join(f"{m}: {', '.join(s)}" for m, s in sorted(modes.items()))
+        raise ValueError(f"demos in {len(modes)} control modes ({listing}); actions of different control modes "
+                         "cannot be trained together: pass the files of one mode")
 
 
 def center_square(frames: np.ndarray) -> np.ndarray:
@@ -306,6 +322,8 @@ class PhysicalStepDataset(Dataset):
         self.frames_only, self.split, self.cameras = frames_only, split, tuple(cameras)
 
         episodes = [ep for p in paths for ep in _episodes_from_path(p, self.cameras, frames_only)]
+        if not frames_only:
+            _check_one_control_mode(episodes)
         keys = [ep.key for ep in episodes]
         if len(set(keys)) != len(keys):
             keys = [f"{ep.source}::{ep.key}" for ep in episodes]

@@ -1,5 +1,6 @@
 from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout, window_mask
+from par_agent.models.normalizer import Normalizer, get_dataset_stats, set_dataset_stats
 from par_agent.models.par import InferenceState, PhysicalAutoregressiveModel
 
 __all__ = ["BlockSpec", "Kind", "ik_attention_mask", "window_layout", "window_mask", "InferenceState",
-           "PhysicalAutoregressiveModel"]
+           "Normalizer", "PhysicalAutoregressiveModel", "get_dataset_stats", "set_dataset_stats"]

@@ -30,7 +30,7 @@ from par_agent.config import RUNTIME_FIELDS, PARConfig
 from par_agent.models.heads import ActionHead, Diffusion, FrameHead, repeat_cond
 from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
 from par_agent.models.transformer import Backbone, KVCache
-from par_agent.tokenizers.actions import Normalizer
+from par_agent.models.normalizer import Normalizer
 from par_agent.tokenizers.frames import FrameTokenizer
 
 
@@ -93,8 +93,28 @@ class PhysicalAutoregressiveModel(nn.Module):
         self.frame_head = FrameHead(cfg.token_dim, P, D, cfg.frame_head_width, cfg.frame_head_depth, cfg.head_num_heads)
         self.action_head = ActionHead(cfg.action_dim, K, D, cfg.action_head_width, cfg.action_head_depth, cfg.head_num_heads)
         self.diffusion = Diffusion(cfg.num_train_timesteps, cfg.beta_schedule, cfg.prediction_type, cfg.sampler)
-        self.num_inference_steps = cfg.num_inference_steps
-        self.use_kv_cache = cfg.use_kv_cache
+
+    # inference settings are read from the config, their one source; :meth:`set_runtime` changes them
+    @property
+    def num_inference_steps(self) -> int:
+        return self.cfg.num_inference_steps
+
+    @property
+    def use_kv_cache(self) -> bool:
+        return self.cfg.use_kv_cache
+
+    def set_runtime(self, **changes) -> "PhysicalAutoregressiveModel":
+        """Change settings that do not touch the weights (``config.RUNTIME_FIELDS``: ``num_inference_steps``,
+        ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``), validated by the config; any other
+        name is a ``TypeError``. Contexts started before keep their cache sizes: call it between episodes."""
+        bad = sorted(set(changes) - set(RUNTIME_FIELDS))
+        if bad:
+            raise TypeError(f"unknown runtime settings {bad}; a built model may change only {list(RUNTIME_FIELDS)}")
+        self.cfg = self.cfg.replace(**changes)
+        if "sampler" in changes:
+            self.diffusion = Diffusion(self.cfg.num_train_timesteps, self.cfg.beta_schedule, self.cfg.prediction_type,
+                                       self.cfg.sampler)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -483,8 +503,6 @@ class PhysicalAutoregressiveModel(nn.Module):
                             "(and PARPolicy.from_pretrained also takes device, task, action_space, seed, num_threads)")
         folder = resolve(name_or_path)
         cfg, state, _ = read_checkpoint(folder)
-        if overrides:
-            cfg = cfg.replace(**overrides)
         model = cls(cfg)
         load_state(model, state, folder)
-        return model.to(device).eval()
+        return model.set_runtime(**overrides).to(device).eval()

@@ -1,6 +1,6 @@
-from par_agent.tokenizers.actions import Normalizer, get_dataset_stats, set_dataset_stats
-from par_agent.tokenizers.frames import (FrameTokenizer, background_frame, build_autoencoder,
-                                       reconstruct, reconstruction_psnr, train_frame_tokenizer)
+"""Frame tokens: the KL autoencoder whose patched latents PAR reads and predicts."""
+from par_agent.tokenizers.frames import (FrameTokenizer, background_frame, build_autoencoder, reconstruct,
+                                         reconstruction_psnr, resize_frames)
 
-__all__ = ["Normalizer", "get_dataset_stats", "set_dataset_stats", "FrameTokenizer", "background_frame",
-           "build_autoencoder", "reconstruct", "reconstruction_psnr", "train_frame_tokenizer"]
+__all__ = ["FrameTokenizer", "background_frame", "build_autoencoder", "reconstruct", "reconstruction_psnr",
+           "resize_frames"]

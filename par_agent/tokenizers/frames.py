@@ -3,13 +3,13 @@ scaled to unit variance per channel and cut into 2x2 patches, the frame tokens.
 
     uint8 (..., H, W, 3) --encode--> (..., P, C*p*p) float --decode--> uint8 (..., H, W, 3)
 
-The small autoencoder is trained on task frames with :func:`train_frame_tokenizer`; any
-pretrained ``AutoencoderKL`` folder can be used instead (:meth:`FrameTokenizer.from_autoencoder`).
+The small autoencoder is trained on task frames by ``par-train tokenizer`` (the loss is
+:meth:`FrameTokenizer.loss`); any pretrained ``AutoencoderKL`` folder can be used instead
+(:meth:`FrameTokenizer.from_autoencoder`).
 """
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from einops import rearrange
 from torch import nn
-from tqdm.auto import tqdm
 
 from par_agent.config import PARConfig
 from par_agent.metrics import psnr
@@ -175,57 +174,6 @@ def background_frame(frames: np.ndarray | torch.Tensor | list, max_frames: int =
     starts = (ends - lengths).tolist()
     picked = torch.stack([parts[p][i - starts[p]] for p, i in zip(which.tolist(), idx.tolist())])
     return picked.median(0).values
-
-
-def train_frame_tokenizer(
-    tok: FrameTokenizer,
-    frames: np.ndarray | torch.Tensor,
-    steps: int = 2000,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    kl_weight: float = 1e-6,
-    grad_weight: float = 0.5,
-    fg_weight: float = 0.0,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-    log_every: int = 50,
-) -> dict[str, float]:
-    """Train the autoencoder on frames (N, H, W, 3) uint8 with :meth:`FrameTokenizer.loss`
-    (single process, in memory; ``par-train tokenizer`` is the resumable, distributed form).
-    Sets the latent statistics at the end. ``fg_weight`` > 0 weights the pixels that differ from
-    the frames' :func:`background_frame` (see :meth:`FrameTokenizer.loss`).
-
-    Returns the final metrics: ``loss``, ``l1``, ``psnr`` (on the last batch), ``seconds``.
-    """
-    if steps < 3:  # OneCycleLR needs a warm-up and an annealing phase of at least one step each
-        raise ValueError(f"train_frame_tokenizer needs steps >= 3, got {steps}")
-    frames = torch.as_tensor(frames)
-    tok.check_frames(frames)
-    tok.to(device).train()
-    opt = torch.optim.AdamW(tok.vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                pct_start=max(0.05, 2 / steps))  # >= 2 warm-up steps
-    gen = torch.Generator().manual_seed(0)
-    background = background_frame(frames) if fg_weight > 0 else None
-    t0, metrics = time.time(), {}
-    bar = tqdm(range(steps), desc="tokenizer", disable=not progress)
-    for step in bar:
-        idx = torch.randint(0, len(frames), (batch_size,), generator=gen)
-        out = tok.loss(frames[idx], kl_weight=kl_weight, grad_weight=grad_weight, background=background,
-                       fg_weight=fg_weight)
-        loss, l1, mse = out["loss"], out["l1"], out["mse"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tok.vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps - 1:
-            metrics = {"loss": loss.item(), "l1": l1.item(), "psnr": psnr(mse.detach(), peak=2.0).item()}
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", psnr=f"{metrics['psnr']:.1f}")
-    tok.eval()
-    tok.fit_latent_stats(frames[torch.randperm(len(frames), generator=gen)[:512]])
-    metrics["seconds"] = time.time() - t0
-    return metrics
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from gymnasium import spaces
 from gymnasium.envs.registration import WrapperSpec
 
 from par_agent.device import resolve_device
-from par_agent.tokenizers.actions import Normalizer
+from par_agent.models.normalizer import Normalizer
 from par_agent.tokenizers.frames import FrameTokenizer
 
 
@@ -140,7 +140,7 @@ class PhysicalTokenObservation(gym.ObservationWrapper):
             spec = copy.deepcopy(env.spec)
             spec.additional_wrappers += (WrapperSpec(
                 name=cls.__name__,
-                entry_point="envs.tokens:physical_tokens_from_pretrained",
+                entry_point="par_agent.tokens:physical_tokens_from_pretrained",
                 kwargs={"name_or_path": str(name_or_path), "device": str(device), "keep_rgb": keep_rgb},
             ),)
             wrapper._rebuild_spec = spec

@@ -12,7 +12,7 @@ The values come from ManiSkill itself, not from formulas here: for each recorded
 episode's ``env_states`` are set on a state-only env (no rendering) and its ``get_obs()`` is read.
 The fields the demo already holds must come out equal (``--atol``), which checks the replay.
 
-    python benchmarks/privileged_state.py --data data1k/PickCube-v1 --out data1k-priv/PickCube-v1
+    python -m par_agent.data.privileged --data data1k/PickCube-v1 --out data1k-priv/PickCube-v1
     par-train finetune --data data1k-priv/PickCube-v1 --out runs/pick-privileged --init VIDEO_MODEL ...
     par-eval --policy runs/pick-privileged/finetune/final --task PickCube-v1 --obs-mode rgb+state_dict
 """

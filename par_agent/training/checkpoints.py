@@ -1,0 +1,87 @@
+"""Training checkpoints (atomic, resumable): the model folder plus ``trainer.pt`` (optimiser, schedule,
+EMA, step and every random state), the ``latest`` pointer, and the EMA of the weights (diffusers'
+``EMAModel``)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from par_agent.models import PhysicalAutoregressiveModel
+
+
+def make_ema(model: nn.Module, decay: float):
+    """diffusers' ``EMAModel`` over the trainable parameters of ``model``: decay ``min(decay, (1 + n) / (10 + n))``
+    at its n-th update (a warm-up of the average), float32 copies."""
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel([p for p in model.parameters() if p.requires_grad], decay=decay, foreach=True)
+
+
+def ema_copy_to(ema, trained: nn.Module, target: nn.Module) -> None:
+    """Write the averaged weights into ``target``: the parameters named as ``trained``'s trainable ones
+    (those :func:`make_ema` averages; ``target`` may be a fresh copy with nothing frozen)."""
+    params = dict(target.named_parameters())
+    ema.copy_to([params[n] for n, p in trained.named_parameters() if p.requires_grad])
+
+
+def load_ema_state(ema, state: dict, model: nn.Module, step: int) -> None:
+    """Restore :func:`make_ema`'s state; also reads the name -> tensor average of checkpoints written
+    before par-train used diffusers' EMA (2026-11-30)."""
+    if "shadow_params" not in state:
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        state = {"shadow_params": [state[n] for n in names], "optimization_step": step}
+    ema.load_state_dict(state)
+
+
+def rng_state() -> dict:
+    """The random state of every generator a training step draws from: the CPU's, numpy's and, once
+    CUDA is in use, every GPU's (the diffusion timesteps and noise are drawn on the model's device)."""
+    out = {"cpu": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state` (checkpoints before 2026-11-30 hold only the CPU and numpy states)."""
+    torch.set_rng_state(state["cpu"] if "cpu" in state else state["torch_rng"])
+    np.random.set_state(state["numpy"] if "numpy" in state else state["numpy_rng"])
+    if "cuda" in state:
+        if not torch.cuda.is_available():
+            raise RuntimeError("this checkpoint was trained on CUDA; resuming it needs the GPU RNG states restored, "
+                               "and CUDA is not available here")
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    f = stage_dir / "latest"
+    if not f.is_file():
+        return None
+    p = stage_dir / f.read_text().strip()
+    return p if (p / "trainer.pt").is_file() else None
+
+
+def save_training_checkpoint(stage_dir: Path, step: int, model: PhysicalAutoregressiveModel, opt, sched, ema,
+                             keep: int = 2) -> Path:
+    """Atomic: everything goes to ``ckpt-<step>.tmp`` which is renamed, then ``latest`` is replaced."""
+    name = f"ckpt-{step:08d}"
+    tmp = stage_dir / (name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "ema": ema.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
+    final = stage_dir / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    ptr = stage_dir / "latest.tmp"
+    ptr.write_text(name + "\n")
+    os.replace(ptr, stage_dir / "latest")
+    old = sorted(p for p in stage_dir.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for p in old[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final

@@ -1,0 +1,65 @@
+"""One optimiser step as par-train runs it (``benchmarks/bench_train.py`` times it): the optimiser and
+schedule, autocast, the tokenizer stage's objective and :func:`train_step`."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from par_agent.models import PhysicalAutoregressiveModel
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, warmup: int, steps: int):
+    """AdamW (no decay on biases and norms) and diffusers' cosine schedule with warm-up, as par-train uses."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    return opt, get_cosine_schedule_with_warmup(opt, min(warmup, steps // 10 + 1), steps)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (TF32 matmuls for what stays in float32); nothing on the CPU."""
+    if device.type != "cuda":
+        return nullcontext()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+class TokenizerObjective(nn.Module):
+    """Wraps the frame tokenizer so DDP sees one module whose forward returns the losses.
+
+    ``background`` (H, W, 3) uint8 and ``fg_weight``: the foreground weighting of
+    :meth:`FrameTokenizer.loss`."""
+
+    def __init__(self, model: PhysicalAutoregressiveModel, background: torch.Tensor | None = None,
+                 fg_weight: float = 0.0) -> None:
+        super().__init__()
+        self.tok = model.frame_tokenizer
+        self.background, self.fg_weight = background, fg_weight
+
+    def forward(self, batch: dict) -> dict:
+        """batch: ``frames`` (N, H, W, 3) uint8, the real frames of a batch of windows (:func:`frames_collate`)."""
+        return self.tok.loss(batch["frames"], background=self.background, fg_weight=self.fg_weight)
+
+
+def train_step(objective: nn.Module, model: PhysicalAutoregressiveModel, batch: dict, opt, sched,
+               params: list[nn.Parameter], grad_clip: float, ema, device: torch.device,
+               amp) -> tuple[dict, torch.Tensor]:
+    """One optimiser step as par-train runs it (``benchmarks/bench_train.py`` times this function):
+    the batch to the device, forward, backward, gradient clipping, AdamW, the schedule and the EMA
+    (diffusers' ``EMAModel``). Returns the losses and the gradient norm as device tensors: no host sync."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with amp:
+        out = objective(batch)
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    ema.step(p for p in model.parameters() if p.requires_grad)
+    return out, gnorm
