@@ -167,3 +167,26 @@ def test_one_call_for_many_envs_equals_the_per_env_loop(use_kv_cache):
         runs[f"calls{batch}"] = calls.call_count
     np.testing.assert_allclose(runs[True], runs[False], atol=1e-5)
     assert runs["callsTrue"] < runs["callsFalse"]
+
+
+@pytest.mark.maniskill
+def test_builtin_par_pickcube_acts_in_the_env_it_records(monkeypatch):
+    """par-pickcube loads offline, at most 25 MB, records its env (end-effector control, framed 64 px
+    camera), and acts in make_env(task, **policy.env_kwargs) within the env's action space."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from envs import make_env
+    from par_agent.hub import PRETRAINED_DIR, builtin_names
+
+    assert "par-pickcube" in builtin_names()
+    assert sum(f.stat().st_size for f in (PRETRAINED_DIR / "par-pickcube").iterdir()) <= 25 * 2**20
+    p = PARPolicy.from_pretrained("par-pickcube")
+    assert p.task == "PickCube-v1" and p.cfg.action_dim == 4
+    assert p.env_kwargs == {"camera_size": 64, "camera_fov": 0.8, "cameras": ["base_camera"],
+                            "control_mode": "pd_ee_delta_pos", "max_episode_steps": 200, "obs_mode": "rgb"}
+    env = make_env(p.task, **p.env_kwargs)
+    obs, _ = env.reset(seed=1_000_000)
+    for _ in range(9):  # one chunk and the start of the next
+        a, _ = p.predict(obs, deterministic=True)
+        assert env.action_space.contains(a)
+        obs, *_ = env.step(a)
+    env.close()

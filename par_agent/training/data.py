@@ -15,6 +15,10 @@ from par_agent.training.args import TrainArgs
 
 def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
                    tokens_from: PhysicalAutoregressiveModel | None = None):
+    """The stage's windows: (training set, held-out sets or None, statistics). One
+    :class:`PhysicalStepDataset` per ``--data`` source (split by episode; the training set concatenates
+    them), frames only before fine-tuning; with ``tokens_from`` the frames are replaced by that model's
+    frame tokens, computed once. ``stats``: normalisation statistics to reuse (a resumed fine-tuning)."""
     from torch.utils.data import ConcatDataset
 
     from par_agent.data.dataset import PhysicalStepDataset
