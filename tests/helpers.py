@@ -38,15 +38,25 @@ def synthetic_batch(cfg: PARConfig, B: int = 4, T: int | None = None, seed: int 
     return batch
 
 
-def write_frames_h5(path: Path, episodes: list[np.ndarray]) -> Path:
-    """A ManiSkill-layout ``.h5`` whose episodes show the given frames ((L+1, H, W, 3) uint8 each), with
-    zero actions and states: frames for ``par-train tokenizer`` (train with ``--set chunk_size=1`` to see
-    every frame)."""
+def write_fake_h5(path: Path, lengths: list[int] | None = None, d_a: int = 3, hw: int = 8, seed: int = 0,
+                  rgb: bool = True, frames: list[np.ndarray] | None = None) -> Path:
+    """A ManiSkill-layout .h5 with episodes of the given action counts and random actions and states;
+    frame t is filled with value t, or, with ``frames`` ((L+1, H, W, 3) uint8 per episode), the episodes
+    show those frames (``lengths`` then follow from them)."""
+    rng = np.random.default_rng(seed)
+    if frames is not None:
+        lengths = [len(f) - 1 for f in frames]
     with h5py.File(path, "w") as f:
-        for i, frames in enumerate(episodes):
+        for i, L in enumerate(lengths):
             g = f.create_group(f"traj_{i}")
-            g["actions"] = np.zeros((len(frames) - 1, 2), np.float32)
-            g["obs/agent/qpos"] = np.zeros((len(frames), 2), np.float32)
-            g["obs/agent/qvel"] = np.zeros((len(frames), 2), np.float32)
-            g["obs/sensor_data/base_camera/rgb"] = frames
+            g["actions"] = rng.normal(size=(L, d_a)).astype(np.float32)
+            g["obs/agent/qpos"] = rng.normal(size=(L + 1, 2)).astype(np.float32)
+            g["obs/agent/qvel"] = rng.normal(size=(L + 1, 2)).astype(np.float32)
+            g["obs/extra/tcp_pose"] = rng.normal(size=(L + 1, 7)).astype(np.float32)
+            g["obs/extra/is_grasped"] = rng.integers(0, 2, size=(L + 1,)).astype(bool)
+            if frames is not None:
+                g["obs/sensor_data/base_camera/rgb"] = frames[i]
+            elif rgb:
+                fr = np.broadcast_to(np.arange(L + 1, dtype=np.uint8)[:, None, None, None], (L + 1, hw, hw, 3))
+                g["obs/sensor_data/base_camera/rgb"] = np.ascontiguousarray(fr)
     return path

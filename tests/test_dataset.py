@@ -11,24 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from envs import flatten_state
+from helpers import write_fake_h5
 from par_agent.data.dataset import PhysicalStepDataset, demo_h5_files, split_episodes
-
-
-def write_fake_h5(path, lengths, d_a=3, hw=8, seed=0, rgb=True):
-    """A ManiSkill-layout .h5 with episodes of the given action counts; frame t is filled with value t."""
-    rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
-        for i, L in enumerate(lengths):
-            g = f.create_group(f"traj_{i}")
-            g["actions"] = rng.normal(size=(L, d_a)).astype(np.float32)
-            g["obs/agent/qpos"] = rng.normal(size=(L + 1, 2)).astype(np.float32)
-            g["obs/agent/qvel"] = rng.normal(size=(L + 1, 2)).astype(np.float32)
-            g["obs/extra/tcp_pose"] = rng.normal(size=(L + 1, 7)).astype(np.float32)
-            g["obs/extra/is_grasped"] = rng.integers(0, 2, size=(L + 1,)).astype(bool)
-            if rgb:
-                frames = np.broadcast_to(np.arange(L + 1, dtype=np.uint8)[:, None, None, None], (L + 1, hw, hw, 3))
-                g["obs/sensor_data/base_camera/rgb"] = np.ascontiguousarray(frames)
-    return path
 
 
 # ----------------------------------------------------------------------------- synthetic: the contract

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import write_frames_h5
+from helpers import write_fake_h5
 from par_agent.config import PARConfig
 from par_agent.models import Normalizer, PhysicalAutoregressiveModel
 from par_agent.tokenizers import FrameTokenizer, background_frame, reconstruction_psnr
@@ -15,7 +15,7 @@ def train_tokenizer(frames: np.ndarray, out, steps: int, *overrides: str, fg_wei
     """``par-train tokenizer`` (the one tokenizer trainer) on frames (N, 32, 32, 3), 8 episodes of N/8; the
     tiny preset with ``overrides``, 2 windows of 8 frames a step; returns the final (EMA) tokenizer."""
     out.mkdir(parents=True, exist_ok=True)
-    data = write_frames_h5(out / "frames.h5", np.split(frames, 8))
+    data = write_fake_h5(out / "frames.h5", frames=np.split(frames, 8))
     train_main(["tokenizer", "--data", str(data), "--out", str(out), "--preset", "tiny", "--set", "chunk_size=1",
                 "history=8", *overrides, "--steps", str(steps), "--batch-size", "2", "--lr", str(lr),
                 "--fg-weight", str(fg_weight), "--val-fraction", "0", "--ckpt-every", str(steps),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.baselines.dp_model import DiffusionPolicyNet, DPConfig
-from benchmarks.baselines.dp_policy import DPPolicy, make_scheduler, save_policy
+from benchmarks.baselines.dp_policy import DPPolicy, atomic_folder, make_scheduler, save_policy
 
 
 def hold_still(actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -41,24 +40,20 @@ def hold_still(actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def batch_to_inputs(batch: dict, cfg: DPConfig) -> tuple[torch.Tensor, ...]:
     """A PhysicalStepDataset batch (chunk_size 1, history pred_horizon + 1) -> frames (B, To, H, W, 3),
-    states (B, To, Ds), actions (B, Tp, Da), loss weights (B, Tp)."""
+    states (B, To, Ds), actions (B, Tp, Da)."""
     To = cfg.obs_horizon
     actions = batch["actions"][:, :, 0]
-    mask = batch["action_mask"][:, :, 0]
     if cfg.delta_actions:
-        actions = hold_still(actions, mask)
-    return batch["frames"][:, :To], batch["state"][:, :To], actions, torch.ones_like(mask, dtype=torch.float32)
+        actions = hold_still(actions, batch["action_mask"][:, :, 0])
+    return batch["frames"][:, :To], batch["state"][:, :To], actions
 
 
 def _save_trainer(out: Path, step: int, net, ema, opt, sched, elapsed: float) -> None:
-    tmp = out / "latest.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "sched": sched.state_dict(), "elapsed_s": elapsed, "rng": torch.get_rng_state()}, tmp / "trainer.pt")
-    (tmp / "config.json").write_text(json.dumps(net.cfg.to_dict(), indent=2) + "\n")
-    shutil.rmtree(out / "latest", ignore_errors=True)
-    tmp.rename(out / "latest")
+    with atomic_folder(out / "latest") as tmp:
+        torch.save({"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "elapsed_s": elapsed, "rng": torch.get_rng_state()},
+                   tmp / "trainer.pt")
+        (tmp / "config.json").write_text(json.dumps(net.cfg.to_dict(), indent=2) + "\n")
 
 
 def train(a: argparse.Namespace) -> Path:
@@ -108,8 +103,8 @@ def train(a: argparse.Namespace) -> Path:
     while step < a.steps and (time.time() - t0) < 60 * a.minutes:
         idx = torch.randint(0, len(ds), (a.batch_size,), generator=g).tolist()
         batch = torch.utils.data.default_collate([ds[i] for i in idx])
-        frames, states, actions, weight = batch_to_inputs(batch, cfg)
-        loss = net.loss(frames, states, actions, weight, scheduler, generator=g)
+        frames, states, actions = batch_to_inputs(batch, cfg)
+        loss = net.loss(frames, states, actions, scheduler, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

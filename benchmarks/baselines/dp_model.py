@@ -170,12 +170,11 @@ class DiffusionPolicyNet(nn.Module):
         st = (states - self.state_mean) / self.state_std
         return torch.cat([feats, st], dim=-1).flatten(1)
 
-    def loss(self, frames, states, actions, weight, scheduler, generator=None) -> torch.Tensor:
-        """Epsilon-prediction MSE; ``weight`` (B, Tp) weighs each action (0 leaves it out)."""
+    def loss(self, frames, states, actions, scheduler, generator=None) -> torch.Tensor:
+        """Epsilon-prediction MSE over every action of the sequence (padding included: it teaches the
+        end of an episode)."""
         cond = self.condition(frames, states)
         x0 = self.normalize_actions(actions)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-        pred = self.unet(scheduler.add_noise(x0, noise, t), t, cond)
-        err = F.mse_loss(pred, noise, reduction="none").mean(-1)
-        return (err * weight).sum() / weight.sum().clamp_min(1)
+        return F.mse_loss(self.unet(scheduler.add_noise(x0, noise, t), t, cond), noise)

@@ -12,7 +12,9 @@ observation on (ManiSkill's recipe).
 from __future__ import annotations
 
 import json
+import shutil
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +101,9 @@ class DPPolicy:
         if n != self.n_envs:
             self.reset(n)
             episode_start = np.ones(n, dtype=bool)
+        starts = np.zeros(n, bool) if episode_start is None else np.asarray(episode_start, bool).reshape(-1)
         for i in range(n):
-            if episode_start is not None and np.asarray(episode_start).reshape(-1)[i]:
+            if starts[i]:
                 self.reset_env(i)
             h = self.history[i]
             h.append((rgb[i], st[i]))
@@ -120,16 +123,21 @@ class DPPolicy:
         return (out if batched else out[0]), state
 
 
-def save_policy(net: DiffusionPolicyNet, folder: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` into ``folder`` (atomically: a temporary folder renamed)."""
-    import shutil
-
-    folder = Path(folder)
+@contextmanager
+def atomic_folder(folder: Path):
+    """Yield ``folder.tmp`` to write into; once the block ends without error it replaces ``folder``."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "config.json").write_text(json.dumps(net.cfg.to_dict(), indent=2) + "\n")
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, tmp / "model.safetensors")
+    yield tmp
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+def save_policy(net: DiffusionPolicyNet, folder: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into ``folder`` (atomically: a temporary folder renamed)."""
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        (tmp / "config.json").write_text(json.dumps(net.cfg.to_dict(), indent=2) + "\n")
+        save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, tmp / "model.safetensors")
     return folder

@@ -92,7 +92,11 @@ class PhysicalAutoregressiveModel(nn.Module):
         self.backbone = Backbone(D, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta, cfg.dropout)
         self.frame_head = FrameHead(cfg.token_dim, P, D, cfg.frame_head_width, cfg.frame_head_depth, cfg.head_num_heads)
         self.action_head = ActionHead(cfg.action_dim, K, D, cfg.action_head_width, cfg.action_head_depth, cfg.head_num_heads)
-        self.diffusion = Diffusion(cfg.num_train_timesteps, cfg.beta_schedule, cfg.prediction_type, cfg.sampler)
+        self.diffusion = self._make_diffusion(cfg)
+
+    @staticmethod
+    def _make_diffusion(cfg: PARConfig) -> Diffusion:
+        return Diffusion(cfg.num_train_timesteps, cfg.beta_schedule, cfg.prediction_type, cfg.sampler)
 
     # inference settings are read from the config, their one source; :meth:`set_runtime` changes them
     @property
@@ -109,11 +113,11 @@ class PhysicalAutoregressiveModel(nn.Module):
         name is a ``TypeError``. Contexts started before keep their cache sizes: call it between episodes."""
         bad = sorted(set(changes) - set(RUNTIME_FIELDS))
         if bad:
-            raise TypeError(f"unknown runtime settings {bad}; a built model may change only {list(RUNTIME_FIELDS)}")
+            raise TypeError(f"unknown runtime settings {bad}; a built or loaded model may change only "
+                            f"{list(RUNTIME_FIELDS)}")
         self.cfg = self.cfg.replace(**changes)
         if "sampler" in changes:
-            self.diffusion = Diffusion(self.cfg.num_train_timesteps, self.cfg.beta_schedule, self.cfg.prediction_type,
-                                       self.cfg.sampler)
+            self.diffusion = self._make_diffusion(self.cfg)
         return self
 
     @property
@@ -490,19 +494,15 @@ class PhysicalAutoregressiveModel(nn.Module):
         """Rebuild from a checkpoint folder (built-in name, local folder or hub id), in eval mode.
 
         ``overrides`` replace config fields that do not change the weights (``config.RUNTIME_FIELDS``:
-        ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``); any
-        other name is a ``TypeError``.
+        ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``), through
+        :meth:`set_runtime` (any other name is a ``TypeError``, raised before the weights are read).
         """
         from par_agent.device import resolve_device
         from par_agent.hub import load_state, read_checkpoint, resolve
 
         device = resolve_device(device)
-        bad = sorted(set(overrides) - set(RUNTIME_FIELDS))
-        if bad:
-            raise TypeError(f"unknown overrides {bad}; a loaded checkpoint may change only {list(RUNTIME_FIELDS)} "
-                            "(and PARPolicy.from_pretrained also takes device, task, action_space, seed, num_threads)")
         folder = resolve(name_or_path)
         cfg, state, _ = read_checkpoint(folder)
-        model = cls(cfg)
+        model = cls(cfg).set_runtime(**overrides)
         load_state(model, state, folder)
-        return model.set_runtime(**overrides).to(device).eval()
+        return model.to(device).eval()

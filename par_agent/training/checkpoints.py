@@ -14,27 +14,31 @@ from torch import nn
 from par_agent.models import PhysicalAutoregressiveModel
 
 
+def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters the EMA averages, by name, in the model's order: those that require gradients."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
 def make_ema(model: nn.Module, decay: float):
-    """diffusers' ``EMAModel`` over the trainable parameters of ``model``: decay ``min(decay, (1 + n) / (10 + n))``
-    at its n-th update (a warm-up of the average), float32 copies."""
+    """diffusers' ``EMAModel`` over :func:`trainable` parameters of ``model``: decay ``min(decay, (1 + n) / (10 + n))``
+    at its n-th update (a warm-up of the average), float32 copies. Step it with ``ema.step(trainable(model).values())``."""
     from diffusers.training_utils import EMAModel
 
-    return EMAModel([p for p in model.parameters() if p.requires_grad], decay=decay, foreach=True)
+    return EMAModel(list(trainable(model).values()), decay=decay, foreach=True)
 
 
 def ema_copy_to(ema, trained: nn.Module, target: nn.Module) -> None:
     """Write the averaged weights into ``target``: the parameters named as ``trained``'s trainable ones
     (those :func:`make_ema` averages; ``target`` may be a fresh copy with nothing frozen)."""
     params = dict(target.named_parameters())
-    ema.copy_to([params[n] for n, p in trained.named_parameters() if p.requires_grad])
+    ema.copy_to([params[n] for n in trainable(trained)])
 
 
 def load_ema_state(ema, state: dict, model: nn.Module, step: int) -> None:
     """Restore :func:`make_ema`'s state; also reads the name -> tensor average of checkpoints written
     before par-train used diffusers' EMA (2026-11-30)."""
     if "shadow_params" not in state:
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
-        state = {"shadow_params": [state[n] for n in names], "optimization_step": step}
+        state = {"shadow_params": [state[n] for n in trainable(model)], "optimization_step": step}
     ema.load_state_dict(state)
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from par_agent.models import PhysicalAutoregressiveModel
+from par_agent.training.checkpoints import trainable
 
 
 def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, warmup: int, steps: int):
@@ -61,5 +62,5 @@ def train_step(objective: nn.Module, model: PhysicalAutoregressiveModel, batch: 
     gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
     sched.step()
-    ema.step(p for p in model.parameters() if p.requires_grad)
+    ema.step(trainable(model).values())
     return out, gnorm
