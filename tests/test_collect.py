@@ -248,3 +248,48 @@ def test_collect_in_end_effector_control(pickcube_ee_demo, capsys):
     assert pickcube_ee_demo.stat().st_mtime_ns == mtime
     assert "converting" not in capsys.readouterr().err
     assert trajectory_path(out, "PickCube-v1") == source
+
+
+def test_interrupted_conversion_resumes_at_its_piece(pickcube_ee_demo, tmp_path, monkeypatch):
+    """A conversion stopped in its second piece keeps the first: the next run replays only the rest,
+    and the merged file matches a conversion in one go (two demos of the same seed here)."""
+    import json
+
+    from mani_skill.trajectory import replay_trajectory as rt
+    from mani_skill.trajectory.merge_trajectory import merge_trajectories
+
+    from par_agent.data.convert import convert_control_mode, converted_path
+
+    one = pickcube_ee_demo.with_name("trajectory.rgb.pd_joint_pos.h5")
+    source = tmp_path / "trajectory.rgb.pd_joint_pos.h5"
+    merge_trajectories(str(source), [str(one), str(one)])
+    meta = json.loads(one.with_suffix(".json").read_text())
+    merged = json.loads(source.with_suffix(".json").read_text())
+    source.with_suffix(".json").write_text(json.dumps({**meta, "episodes": merged["episodes"]}))
+
+    real, calls = rt.main, []
+
+    def stop_in_second_piece(args):
+        calls.append(args.traj_path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(args)
+
+    monkeypatch.setattr(rt, "main", stop_in_second_piece)
+    with pytest.raises(KeyboardInterrupt):
+        convert_control_mode(source, "pd_ee_delta_pos", chunk_size=1)
+    out = converted_path(source, "pd_ee_delta_pos")
+    assert not out.exists() and (tmp_path / "converting.pd_ee_delta_pos" / "000000" / "done.h5").exists()
+
+    calls.clear()
+    monkeypatch.setattr(rt, "main", lambda args: calls.append(args.traj_path) or real(args))
+    assert convert_control_mode(source, "pd_ee_delta_pos", chunk_size=1) == out
+    assert len(calls) == 1 and "000001" in calls[0]
+    assert not (tmp_path / "converting.pd_ee_delta_pos").exists()
+    new = json.loads(out.with_suffix(".json").read_text())
+    assert new["converted_from"] == {"file": source.name, "episodes": 2}
+    assert new["env_info"]["max_episode_steps"] == 200
+    with h5py.File(out) as f, h5py.File(pickcube_ee_demo) as g:
+        assert sorted(f) == ["traj_0", "traj_1"]
+        for k in f:
+            np.testing.assert_array_equal(f[k]["actions"][()], g["traj_0/actions"][()])

@@ -8,14 +8,18 @@ targets in the new controller and keeps the demos that still succeed::
     OUT/TASK/motionplanning/trajectory.rgb.pd_joint_pos.h5        # the source
     OUT/TASK/motionplanning/trajectory.rgb.pd_ee_delta_pos.h5     # the converted demos (same seeds)
 
-The converted ``.json`` keeps the source's episode limit (ManiSkill's replay writes the task's
-registered one) and records ``converted_from``; a second run converts again only when the source
-has more demos than were converted.
+The demos are replayed in pieces of ``chunk_size`` (a few minutes each), each kept under
+``converting.<mode>/`` once done, so an interrupted conversion resumes at the piece it was in;
+the pieces are merged (ManiSkill's ``merge_trajectories``) at the end. The converted ``.json`` keeps
+the source's episode limit (ManiSkill's replay writes the task's registered one) and records
+``converted_from``; a second run converts again only when the source has more demos than were
+converted.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,18 +32,58 @@ def converted_path(source: str | os.PathLike, control_mode: str) -> Path:
     return source.with_name(f"trajectory.rgb.{control_mode}.h5")
 
 
-def convert_control_mode(source: str | os.PathLike, control_mode: str, workers: int = 1) -> Path:
+def _piece_plan(source: Path, episodes: list[dict]) -> dict:
+    return {"source": source.name, "episodes": [[e["episode_id"], e.get("episode_seed")] for e in episodes]}
+
+
+def _convert_piece(source: Path, meta: dict, episodes: list[dict], piece: Path, control_mode: str,
+                   workers: int) -> Path:
+    """Replay ``episodes`` of ``source`` in ``control_mode`` inside the folder ``piece``; returns its
+    ``done.h5`` (written last, so its presence means the piece is complete)."""
+    import h5py
+    from mani_skill.trajectory import replay_trajectory as rt
+
+    done = piece / "done.h5"
+    plan = _piece_plan(source, episodes)
+    if done.exists() and done.with_suffix(".json").exists() and \
+            json.loads((piece / "plan.json").read_text()) == plan:
+        return done
+    shutil.rmtree(piece, ignore_errors=True)  # unfinished or planned from other demos
+    piece.mkdir(parents=True)
+    (piece / "plan.json").write_text(json.dumps(plan))
+    part = piece / "trajectory.rgb.pd_joint_pos.h5"
+    with h5py.File(source, "r") as f, h5py.File(part, "w") as g:
+        for e in episodes:
+            f.copy(f"traj_{e['episode_id']}", g)
+    part.with_suffix(".json").write_text(json.dumps({**meta, "episodes": episodes}))
+    rt.main(rt.Args(traj_path=str(part), target_control_mode=control_mode, obs_mode="rgb", save_traj=True,
+                    num_envs=min(workers, len(episodes))))
+    written = piece / f"trajectory.rgb.{control_mode}.physx_cpu.h5"
+    if not written.exists():
+        raise RuntimeError(f"ManiSkill's replay wrote no {written}; see its output above")
+    part.unlink()
+    os.replace(written.with_suffix(".json"), done.with_suffix(".json"))
+    os.replace(written, done)
+    return done
+
+
+def convert_control_mode(source: str | os.PathLike, control_mode: str, workers: int = 1,
+                         chunk_size: int = 20) -> Path:
     """Replay the ``pd_joint_pos`` demos of ``source`` in ``control_mode`` (with rgb observations, same
-    cameras); returns the converted ``.h5`` (:func:`converted_path`).
+    cameras), ``chunk_size`` demos at a time, resuming after the pieces an interrupted run finished;
+    returns the converted ``.h5`` (:func:`converted_path`).
 
     Raises:
-        ValueError: unknown control mode, or a source that is not a pd_joint_pos demo file.
+        ValueError: unknown control mode, ``chunk_size`` < 1, or a source that is not a pd_joint_pos
+            demo file.
     """
-    from mani_skill.trajectory import replay_trajectory as rt
+    from mani_skill.trajectory.merge_trajectory import merge_trajectories
 
     source = Path(source)
     if control_mode not in CONTROL_MODES:
         raise ValueError(f"control mode {control_mode!r} not supported; choose one of {', '.join(CONTROL_MODES)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     meta = json.loads(source.with_suffix(".json").read_text())
     info = meta.get("env_info", {})
     had = info.get("env_kwargs", {}).get("control_mode")
@@ -48,26 +92,32 @@ def convert_control_mode(source: str | os.PathLike, control_mode: str, workers: 
     out = converted_path(source, control_mode)
     if control_mode == "pd_joint_pos":
         return source
-    n_source = len(meta.get("episodes", []))
+    episodes = meta.get("episodes", [])
+    n_source = len(episodes)
     if out.exists() and out.with_suffix(".json").exists():
         done = json.loads(out.with_suffix(".json").read_text()).get("converted_from", {})
         if done.get("episodes") == n_source:
             return out
+    work = source.with_name(f"converting.{control_mode}")
+    starts = range(0, n_source, chunk_size)
     print(f"[par-collect] converting {n_source} demos to {control_mode} with ManiSkill's replay tool "
-          f"({workers} process(es))", file=sys.stderr)
-    rt.main(rt.Args(traj_path=str(source), target_control_mode=control_mode, obs_mode="rgb", save_traj=True,
-                    num_envs=workers))
-    written = source.with_name(f"trajectory.rgb.{control_mode}.physx_cpu.h5")
-    if not written.exists():
-        raise RuntimeError(f"ManiSkill's replay wrote no {written}; see its output above")
-    new = json.loads(written.with_suffix(".json").read_text())
+          f"({workers} process(es), {len(starts)} piece(s) of {chunk_size}, kept in {work})", file=sys.stderr)
+    pieces = []
+    for k, start in enumerate(starts):
+        print(f"[par-collect] conversion piece {k + 1}/{len(starts)}", file=sys.stderr)
+        pieces.append(_convert_piece(source, meta, episodes[start:start + chunk_size], work / f"{start:06d}",
+                                     control_mode, workers))
+    merging = out.with_name(out.stem + ".merging.h5")
+    merge_trajectories(str(merging), [str(p) for p in pieces])
+    new = json.loads(merging.with_suffix(".json").read_text())
     new["env_info"]["max_episode_steps"] = info.get("max_episode_steps", new["env_info"].get("max_episode_steps"))
     new["converted_from"] = {"file": source.name, "episodes": n_source}
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(new, indent=2))
-    os.replace(written, out)
+    merging.with_suffix(".json").unlink()
+    os.replace(merging, out)
     os.replace(tmp, out.with_suffix(".json"))
-    written.with_suffix(".json").unlink(missing_ok=True)
+    shutil.rmtree(work)
     print(f"[par-collect] {len(new.get('episodes', []))} of {n_source} demos converted to {control_mode}: {out}",
           file=sys.stderr)
     return out
