@@ -1,4 +1,5 @@
 """Small builders shared by the tests."""
+import os
 from pathlib import Path
 
 import h5py
@@ -9,8 +10,18 @@ from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
 
 
+def test_device() -> torch.device:
+    """Where the model tests run: ``PAR_TEST_DEVICE`` (default cpu). ``benchmarks/gpu_check.py`` runs
+    the model, policy and checkpoint tests with ``PAR_TEST_DEVICE=cuda`` on a GPU machine."""
+    return torch.device(os.environ.get("PAR_TEST_DEVICE", "cpu"))
+
+
+test_device.__test__ = False  # a helper, not a test
+
+
 def tiny_model(seed: int = 0, randomize_zero_init: bool = True, **overrides) -> PhysicalAutoregressiveModel:
-    """A tiny model; zero-initialised (adaLN-Zero) weights are randomised so outputs depend on inputs."""
+    """A tiny model on :func:`test_device`; zero-initialised (adaLN-Zero) weights are randomised so
+    outputs depend on inputs (the same values on every device: initialised on the CPU, then moved)."""
     torch.manual_seed(seed)
     m = PhysicalAutoregressiveModel(PARConfig.named("tiny", **overrides))
     if randomize_zero_init:
@@ -18,7 +29,7 @@ def tiny_model(seed: int = 0, randomize_zero_init: bool = True, **overrides) -> 
             for p in m.parameters():
                 if p.dim() >= 1 and bool((p == 0).all()):
                     p.normal_(0, 0.05)
-    return m.eval()
+    return m.to(test_device()).eval()
 
 
 def synthetic_batch(cfg: PARConfig, B: int = 4, T: int | None = None, seed: int = 0, actions: bool = True, state: bool = True):

@@ -157,3 +157,27 @@ def test_bench_policy_envs_reports_both_paths():
     for r in out["rows"]:
         assert r["batched"] > 0 and r["per_env_loop"] > 0
         assert r["speedup"] == r["batched"] / r["per_env_loop"]
+
+
+def test_gpu_check_runs_every_part_on_the_cpu(pushcube_demos, tmp_path):
+    """The GPU check script (benchmarks/gpu_check.py, run once on a GPU) on the CPU with the tiny
+    config: every part runs, the trained folders load, cached == uncached on recorded observations,
+    and the scaled run's final folder lands in OUT/scaled for par-eval."""
+    import json
+
+    from benchmarks import gpu_check
+    from par_agent import PARPolicy
+
+    rep = gpu_check.main(["--device", "cpu", "--tiny", "--data", str(pushcube_demos), "--out", str(tmp_path),
+                          "--parts", "train", "policy", "bench", "scaled"])
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["parts"].keys() == rep["parts"].keys()
+    assert all(p["ok"] for p in rep["parts"].values()), {k: p.get("error") for k, p in rep["parts"].items()}
+    train = rep["parts"]["train"]["stages"]
+    assert set(train) == {"tokenizer", "pretrain-video", "finetune"} and "val/action_mse" in train["finetune"]["summary"]
+    pol = rep["parts"]["policy"]
+    assert pol["chunks"] > 0 and pol["cached_vs_uncached_max_abs_diff"] < 1e-4
+    assert pol["device_cached_mae_to_demo"] == pol["cpu_cached_mae_to_demo"]  # the same device here
+    assert set(rep["parts"]["bench"]["inference"]) == {"batch1_eager", "batch64_eager"}
+    scaled = rep["parts"]["scaled"]
+    assert scaled["steps"] >= 2 and scaled["summary"]["step"] == scaled["steps"]
+    assert PARPolicy.from_pretrained(str(tmp_path / "scaled")).cfg.action_dim == 8

@@ -79,6 +79,34 @@ def test_split_is_by_episode_disjoint_and_deterministic(tmp_path):
     assert al.stats["num_episodes"] == 7  # statistics always come from the train split
 
 
+def test_read_video_falls_back_to_opencv(tmp_video_folder, monkeypatch):
+    """Without imageio-ffmpeg (a GPU image with its own Python) a compact folder's videos are read with
+    OpenCV, frame for frame as ffmpeg reads them; without either, one error names both."""
+    import sys
+
+    from par_agent.data.compact import read_video
+
+    path = tmp_video_folder / "clip_1.mp4"
+    try:
+        import imageio_ffmpeg  # noqa: F401
+        by_ffmpeg = read_video(path)
+    except ImportError:
+        by_ffmpeg = None
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import now fails
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        cv2 = None
+    if cv2 is not None:
+        frames = read_video(path)
+        assert frames.shape == (13, 64, 64, 3) and frames.dtype == np.uint8
+        if by_ffmpeg is not None:
+            np.testing.assert_array_equal(frames, by_ffmpeg)
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with pytest.raises(ImportError, match="imageio-ffmpeg.*opencv-python-headless"):
+        read_video(path)
+
+
 def test_frames_only_from_video_folder(tmp_video_folder):
     from par_agent.data.compact import read_video
 

@@ -312,3 +312,27 @@ def test_checkpoint_rng_covers_every_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="trained on CUDA"):
         T.set_rng_state({**state, "cuda": fake})
+
+
+def test_validation_without_imageio_ffmpeg_warns_once_and_scores(tmp_path, monkeypatch):
+    """A GPU image whose Python lacks imageio-ffmpeg: validation scores as usual, writes no video and
+    warns once (a run is not lost at its first validation for want of a preview)."""
+    import sys
+    import warnings
+
+    from helpers import synthetic_batch, tiny_model
+    from par_agent.training import validation
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import now fails
+    validation.can_write_videos.cache_clear()
+    m = tiny_model()
+    item = {k: v[0] for k, v in synthetic_batch(m.cfg, B=1).items()}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for step in (1, 2):
+            scores = validation.validate(m, [[item]], "finetune", m.device, tmp_path / "videos", step)
+    validation.can_write_videos.cache_clear()
+    assert set(scores) == {"val/tokenizer_psnr", "val/frame_psnr", "val/action_mse"}
+    assert all(np.isfinite(v) for v in scores.values())
+    assert not list(tmp_path.glob("videos/*.mp4"))
+    assert len([w for w in record if "imageio-ffmpeg" in str(w.message)]) == 1

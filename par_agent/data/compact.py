@@ -95,7 +95,15 @@ def write_video(path, frames: np.ndarray, fps: int = 20, crf: int = 18) -> None:
 
 
 def read_video(path) -> np.ndarray:
-    """An MP4 (any video ffmpeg reads) -> ``(T, H, W, 3)`` uint8."""
+    """An MP4 (any video ffmpeg reads) -> ``(T, H, W, 3)`` uint8.
+
+    Decoded with imageio's ffmpeg plugin (``imageio-ffmpeg``, a dependency); where that is missing
+    (a GPU image with its own Python, say) OpenCV's decoder is used if ``cv2`` is installed.
+    """
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return _read_video_opencv(path)
     try:
         reader = imageio.get_reader(path, format="FFMPEG")
     except Exception as err:
@@ -109,6 +117,29 @@ def read_video(path) -> np.ndarray:
     if not frames:
         raise ValueError(f"{path}: video has no frames")
     return np.stack(frames).astype(np.uint8, copy=False)
+
+
+def _read_video_opencv(path) -> np.ndarray:
+    try:
+        import cv2
+    except ImportError as err:
+        raise ImportError(f"{path}: reading a compact folder's videos needs imageio-ffmpeg "
+                          "(pip install imageio-ffmpeg) or OpenCV (pip install opencv-python-headless)") from err
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"{path}: cannot open video")
+    frames = []
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    if not frames:
+        raise ValueError(f"{path}: video has no frames")
+    return np.stack(frames)
 
 
 def export_compact(h5_path, out_dir, crf: int = 18, fps: Optional[int] = None) -> Path:

@@ -2,7 +2,9 @@
 and the validation videos (real next frames beside the predicted ones)."""
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -52,8 +54,25 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
     return {k: torch.cat(v).double().mean().item() for k, v in scores.items()}  # nan where none counted
 
 
+@lru_cache(maxsize=None)
+def can_write_videos() -> bool:
+    """Whether imageio can write MP4 here (imageio-ffmpeg, a dependency, may be missing from a GPU
+    image's own Python); warns once when it cannot, so training goes on without the videos."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+        return True
+    except ImportError:
+        pass
+    warnings.warn("imageio-ffmpeg is not installed: validation videos are not written "
+                  "(pip install imageio-ffmpeg); scores and checkpoints are", stacklevel=2)
+    return False
+
+
 def write_validation_video(real: torch.Tensor, pred: torch.Tensor, path: Path, fps: int = 4) -> None:
-    """Real next frames (left) beside the predicted ones (right); (T, H, W, 3) uint8 each."""
+    """Real next frames (left) beside the predicted ones (right); (T, H, W, 3) uint8 each. Skipped
+    (with one warning per process) where MP4 cannot be written."""
+    if not can_write_videos():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     pair = torch.cat([real, pred], dim=2).cpu().numpy()
     pair = pair.repeat(2, axis=1).repeat(2, axis=2)
