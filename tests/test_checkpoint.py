@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_model
+from helpers import test_device, tiny_model
 from par_agent.hub import CheckpointError, resolve
 from par_agent.models import PhysicalAutoregressiveModel
 
@@ -14,7 +14,7 @@ def test_round_trip_is_bit_exact(tmp_path):
     m.action_norm.set_stats(torch.arange(8.0) - 5, torch.arange(8.0) + 1)
     m.save_pretrained(tmp_path / "ck")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
-    m2 = PhysicalAutoregressiveModel.from_pretrained(tmp_path / "ck")
+    m2 = PhysicalAutoregressiveModel.from_pretrained(tmp_path / "ck", device=test_device())
     assert m2.cfg == m.cfg and not m2.training
     s1, s2 = m.state_dict(), m2.state_dict()
     assert s1.keys() == s2.keys()
@@ -49,7 +49,7 @@ def test_inference_settings_have_one_validated_source():
 def test_half_precision_save_loads_back_to_float32(tmp_path):
     m = tiny_model()
     m.save_pretrained(tmp_path, dtype=torch.float16)
-    m2 = PhysicalAutoregressiveModel.from_pretrained(tmp_path)
+    m2 = PhysicalAutoregressiveModel.from_pretrained(tmp_path, device=test_device())
     w1, w2 = m.backbone.blocks[0].mlp[0].weight, m2.backbone.blocks[0].mlp[0].weight
     assert w2.dtype == torch.float32 and torch.allclose(w1, w2, atol=1e-3)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 pytestmark = pytest.mark.maniskill
 
@@ -111,6 +112,27 @@ def test_compact_round_trip(pushcube_demos, tmp_path):
 
     assert [e["episode_seed"] for e in load_json(str(back.with_suffix(".json")))["episodes"]] == \
         [e["episode_seed"] for e in load_json(str(pushcube_demos.with_suffix(".json")))["episodes"]]
+
+
+def test_compact_without_simulator_states_trains_the_same(pushcube_demos, tmp_path):
+    """export_compact(drop=...) leaves the simulator states and camera parameters out (smaller, to
+    carry to another machine); the dataset built from it is the full compact form's, item for item."""
+    from par_agent.data import PhysicalStepDataset
+    from par_agent.data.compact import export_compact, read_compact_meta
+
+    full = export_compact(pushcube_demos, tmp_path / "full")
+    lean = export_compact(pushcube_demos, tmp_path / "lean", drop=("env_states", "obs/sensor_param/"))
+    keys = set(np.load(lean / "traj_0.npz"))
+    assert keys and not any(k.startswith(("env_states/", "obs/sensor_param/")) for k in keys)
+    assert "obs/agent/qpos" in keys and "actions" in keys
+    assert read_compact_meta(lean)["dropped"] == ["env_states", "obs/sensor_param/"]
+    size = lambda d: sum(f.stat().st_size for f in d.iterdir())  # noqa: E731
+    assert size(lean) < size(full)
+    a, b = (PhysicalStepDataset(d, history=3, chunk_size=4) for d in (full, lean))
+    assert len(a) == len(b) > 0
+    for i in (0, len(a) - 1):
+        for k, v in a[i].items():
+            torch.testing.assert_close(v, b[i][k], rtol=0, atol=0)
 
 
 def test_collect_rejects_task_without_solution(tmp_path):

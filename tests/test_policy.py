@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from helpers import tiny_model
+from helpers import test_device, tiny_model
 from par_agent import PARPolicy
 
 
@@ -94,7 +94,7 @@ def test_other_image_size_is_resized_with_one_warning():
         a = [p.predict(o, deterministic=True)[0] for o in big]
     assert len([w for w in record if "64x64" in str(w.message)]) == 1
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)  # ours; libraries' deprecations vary with versions
         b = [q.predict(o, deterministic=True)[0] for o in small]
     np.testing.assert_array_equal(np.stack(a), np.stack(b))
     assert p.env_kwargs == {"camera_size": 32}
@@ -111,7 +111,7 @@ def test_from_pretrained_round_trip_and_errors(tmp_path):
     q = PARPolicy.from_pretrained(str(tmp_path / "ck"), use_kv_cache=False, num_inference_steps=2)
     assert q.model.use_kv_cache is False and q.model.num_inference_steps == 2
     a1, _ = p.predict(obs(), deterministic=True)
-    q2 = PARPolicy.from_pretrained(str(tmp_path / "ck"))
+    q2 = PARPolicy.from_pretrained(str(tmp_path / "ck"), device=test_device())  # the same noise generator
     a2, _ = q2.predict(obs(), deterministic=True)
     np.testing.assert_allclose(a1, a2, atol=1e-6)
     with pytest.raises(FileNotFoundError, match="par-nope"):

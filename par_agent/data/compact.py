@@ -142,7 +142,7 @@ def _read_video_opencv(path) -> np.ndarray:
     return np.stack(frames)
 
 
-def export_compact(h5_path, out_dir, crf: int = 18, fps: Optional[int] = None) -> Path:
+def export_compact(h5_path, out_dir, crf: int = 18, fps: Optional[int] = None, drop: tuple[str, ...] = ()) -> Path:
     """Write the compact form of a ManiSkill trajectory ``.h5`` (with rgb obs) to ``out_dir``.
 
     Args:
@@ -150,6 +150,9 @@ def export_compact(h5_path, out_dir, crf: int = 18, fps: Optional[int] = None) -
         out_dir: output folder (created).
         crf: H.264 quality (lower is better; 18 is visually lossless).
         fps: video frame rate; default the control rate (20 Hz).
+        drop: h5 paths (and the groups under them) to leave out, e.g.
+            ``("env_states", "obs/sensor_param")``: training reads neither, and the simulator states
+            are a third of a 64 px demo's compact size; without them a demo cannot be replayed.
     Returns:
         ``out_dir`` as a ``Path``.
     """
@@ -173,12 +176,14 @@ def export_compact(h5_path, out_dir, crf: int = 18, fps: Optional[int] = None) -
                 write_video(out_dir / fn, sensor[cam]["rgb"][()], fps=fps, crf=crf)
                 files[cam] = fn
             flat = _flatten(read_group(g, skip=tuple(f"obs/sensor_data/{c}/rgb" for c in cameras)))
+            flat = {k: v for k, v in flat.items() if not any(k == d or k.startswith(d.rstrip("/") + "/") for d in drop)}
             np.savez_compressed(out_dir / f"{name}.npz", **flat)
             ep = dict(episodes_meta.get(int(name[5:]), {"episode_id": int(name[5:])}))
             ep.update(videos=files, arrays=f"{name}.npz", traj=name)
             episodes.append(ep)
     meta = {k: v for k, v in meta_json.items() if k != "episodes"}
-    meta.update(format=FORMAT, version=VERSION, fps=fps, crf=crf, source=str(h5_path), episodes=episodes)
+    meta.update(format=FORMAT, version=VERSION, fps=fps, crf=crf, source=str(h5_path), episodes=episodes,
+                dropped=list(drop))
     with open(out_dir / "meta.json", "w") as fh:
         json.dump(meta, fh, indent=2)
     return out_dir
