@@ -178,6 +178,8 @@ def run(argv: list[str] | None = None) -> dict:
                         "the renderer for the cores); results are deterministic for a given count")
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--no-kv-cache", action="store_true")
+    p.add_argument("--action-horizon", type=int, default=None,
+                   help="control steps executed of each chunk before predicting again (default: the whole chunk)")
     p.add_argument("--stochastic", action="store_true", help="sample with fresh noise (default: deterministic)")
     p.add_argument("--obs-mode", default=None,
                    help="ManiSkill observation mode (default: the one the policy was trained with, else 'rgb'); "
@@ -192,7 +194,8 @@ def run(argv: list[str] | None = None) -> dict:
         overrides["num_inference_steps"] = a.num_inference_steps
     if a.no_kv_cache:
         overrides["use_kv_cache"] = False
-    policy = PARPolicy.from_pretrained(a.policy, device=a.device, task=a.task, num_threads=a.threads, **overrides)
+    policy = PARPolicy.from_pretrained(a.policy, device=a.device, task=a.task, num_threads=a.threads,
+                                       action_horizon=a.action_horizon, **overrides)
     task = a.task or policy.task
     seeds = parse_seeds(a.seeds, a.episodes)  # an explicit --seeds list sets the number of episodes
     report = evaluate(policy, task, seeds, num_envs=a.num_envs, max_episode_steps=a.max_episode_steps,
@@ -200,7 +203,7 @@ def run(argv: list[str] | None = None) -> dict:
                       progress=not a.no_progress, obs_mode=a.obs_mode)
     report["policy"] = {"name": a.policy, "num_inference_steps": policy.model.num_inference_steps,
                         "use_kv_cache": policy.model.use_kv_cache, "chunk_size": policy.cfg.chunk_size,
-                        "history": policy.cfg.history, "device": a.device, "threads": a.threads}
+                        "action_horizon": policy.action_horizon, "history": policy.cfg.history, "device": a.device, "threads": a.threads}
     text = json.dumps(report, indent=2)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -75,12 +75,17 @@ class PARPolicy(BasePolicy):
             thread count.
         batch_envs: serve every env whose chunk ran out with one model call, whatever their context
             lengths (True, the default); False makes one call per env (for comparison).
+        action_horizon: control steps executed of each predicted chunk of K before predicting again
+            (closed-loop execution; default K, the whole chunk). With M < K the block committed to
+            the context holds the M executed actions, padded to K by repeating the last, followed
+            by the frame seen after them: the layout of an episode's short last block in training
+            (``PhysicalStepDataset`` pads it the same way).
     """
 
     def __init__(self, model: PhysicalAutoregressiveModel | None = None, task: str | None = None,
                  observation_space: spaces.Space | None = None, action_space: spaces.Box | None = None,
                  seed: int = 0, config: PARConfig | dict | None = None, normalize_images: bool = False,
-                 num_threads: int | None = 1, batch_envs: bool = True) -> None:
+                 num_threads: int | None = 1, batch_envs: bool = True, action_horizon: int | None = None) -> None:
         if (model is None) == (config is None):
             raise TypeError("PARPolicy needs exactly one of model= (a PhysicalAutoregressiveModel) or config=")
         if model is None:
@@ -95,6 +100,10 @@ class PARPolicy(BasePolicy):
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
         self.num_threads = num_threads
         self.batch_envs = batch_envs
+        K = self.cfg.chunk_size
+        if action_horizon is not None and not 1 <= action_horizon <= K:
+            raise ValueError(f"action_horizon must be between 1 and the chunk size {K}, got {action_horizon}")
+        self.action_horizon = action_horizon or K
         self.reset()
 
     @property
@@ -106,16 +115,17 @@ class PARPolicy(BasePolicy):
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu", task: str | None = None,
                         action_space: spaces.Box | None = None, seed: int = 0, num_threads: int | None = 1,
-                        **overrides: Any) -> "PARPolicy":
+                        action_horizon: int | None = None, **overrides: Any) -> "PARPolicy":
         """Load a policy from a built-in name (``par-pushcube``), a local folder or a hub id.
 
-        ``num_threads``: torch threads while the policy computes (see the class docstring).
+        ``num_threads``, ``action_horizon``: see the class docstring.
 
         ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
         ``sampler``, ``history``, ``evict_blocks``.
         """
         model = PhysicalAutoregressiveModel.from_pretrained(name_or_path, device=device, **overrides)
-        return cls(model, task=task, action_space=action_space, seed=seed, num_threads=num_threads).to(model.device)
+        return cls(model, task=task, action_space=action_space, seed=seed, num_threads=num_threads,
+                   action_horizon=action_horizon).to(model.device)
 
     def save_pretrained(self, folder, dtype: torch.dtype | None = None):
         """Write ``config.json`` + ``model.safetensors`` (weights, tokenizer, statistics)."""
@@ -126,7 +136,7 @@ class PARPolicy(BasePolicy):
         the spaces, task, seed and the model's config (the weights, tokenizer and statistics are in
         the state dict)."""
         return {**super()._get_constructor_parameters(), "task": self.task, "seed": self.seed,
-                "config": self.cfg.to_dict(), "num_threads": self.num_threads}
+                "config": self.cfg.to_dict(), "num_threads": self.num_threads, "action_horizon": self.action_horizon}
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
@@ -261,7 +271,10 @@ class PARPolicy(BasePolicy):
         frame_noise = torch.cat([torch.randn((1, cfg.frame_tokens, cfg.token_dim), generator=g, device=dev) for g in gens])
         action_noise = torch.cat([torch.randn((1, cfg.chunk_size, cfg.action_dim), generator=g, device=dev) for g in gens])
         actions, tokens = model.act_many([self.contexts[i] for i in envs], frame_noise, action_noise)
-        chunks = actions.cpu().numpy()
+        M = self.action_horizon
+        if M < cfg.chunk_size:  # executed actions, padded as the dataset pads an episode's last block
+            actions = torch.cat([actions[:, :M], actions[:, M - 1:M].expand(-1, cfg.chunk_size - M, -1)], dim=1)
+        chunks = actions[:, :M].cpu().numpy()
         for j, i in enumerate(envs):
             self.last_chunk[i], self.predicted_tokens[i] = actions[j:j + 1], tokens[j:j + 1]
             self.queues[i].extend(chunks[j])

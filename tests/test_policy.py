@@ -46,6 +46,31 @@ def test_deterministic_same_observations_same_actions():
     np.testing.assert_array_equal(np.stack(runs[0]), np.stack(runs[1]))
 
 
+def test_action_horizon_executes_part_of_each_chunk_and_commits_it_padded():
+    """action_horizon=M: a new chunk every M steps; the block committed holds the M executed actions
+    padded to K with the last of them (as the dataset pads an episode's last block); M = K is the
+    default policy, step for step."""
+    from unittest import mock
+
+    K = tiny_policy().cfg.chunk_size
+    M = K // 2
+    p = tiny_policy(action_horizon=M)
+    seq = [obs(seed=t) for t in range(3 * M)]
+    with mock.patch.object(p.model, "commit_many", wraps=p.model.commit_many) as commits:
+        acts = [p.predict(o, episode_start=np.array([t == 0]), deterministic=True)[0] for t, o in enumerate(seq)]
+    assert p.chunks_predicted == 3
+    committed = commits.call_args_list[0].args[1][0].cpu().numpy()  # (K, A), raw actions
+    np.testing.assert_allclose(committed[:M], np.stack(acts[:M]), atol=1e-6)
+    np.testing.assert_allclose(committed[M:], np.repeat(committed[M - 1:M], K - M, 0), atol=0)
+    full, default = tiny_policy(action_horizon=K), tiny_policy()
+    np.testing.assert_array_equal(
+        np.stack([full.predict(o, episode_start=np.array([t == 0]), deterministic=True)[0] for t, o in enumerate(seq)]),
+        np.stack([default.predict(o, episode_start=np.array([t == 0]), deterministic=True)[0] for t, o in enumerate(seq)]))
+    for bad in (0, K + 1):
+        with pytest.raises(ValueError, match=f"action_horizon must be between 1 and the chunk size {K}"):
+            tiny_policy(action_horizon=bad)
+
+
 def test_episode_start_clears_only_that_env():
     p = tiny_policy()
     p.predict(obs(2), episode_start=np.array([True, True]))
