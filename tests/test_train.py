@@ -336,3 +336,42 @@ def test_validation_without_imageio_ffmpeg_warns_once_and_scores(tmp_path, monke
     assert all(np.isfinite(v) for v in scores.values())
     assert not list(tmp_path.glob("videos/*.mp4"))
     assert len([w for w in record if "imageio-ffmpeg" in str(w.message)]) == 1
+
+
+def test_random_shift_moves_each_window_as_a_whole():
+    """One random offset of at most `pad` pixels per window, the same for all its frames, edges
+    repeated; pad 0 leaves the frames as they are."""
+    from par_agent.training.data import random_shift
+
+    B, T, H, pad = 64, 3, 16, 2
+    frames = torch.zeros(B, T, H, H, 3, dtype=torch.uint8)
+    frames[:, :, 8, 8] = 255  # one bright pixel, the same in every frame
+    frames[:, :, :, 0] = 7  # a left border column
+    out = random_shift(frames, pad, torch.Generator().manual_seed(0))
+    assert out.shape == frames.shape and out.dtype == torch.uint8
+    moves = set()
+    for b in range(B):
+        ys, xs = torch.nonzero(out[b, 0, :, :, 0] == 255, as_tuple=True)
+        assert len(ys) == 1 and abs(int(ys[0]) - 8) <= pad and abs(int(xs[0]) - 8) <= pad
+        assert torch.equal(out[b, 0], out[b, 1]) and torch.equal(out[b, 0], out[b, 2])  # one shift per window
+        moves.add((int(ys[0]), int(xs[0])))
+        s = 8 - int(xs[0])  # output column x shows input column x + s (clamped): the border fills 1 - s columns
+        n = max(1 - s, 0)
+        assert (out[b, 0, 0, :n, 0] == 7).all() and (out[b, 0, 0, n:, 0] != 7).all()
+    assert len(moves) > 10  # offsets really vary
+    assert torch.equal(random_shift(frames, 0), frames)
+
+
+def test_finetune_with_shift_augmentation_trains_on_shifted_frames(trained_run, pushcube_demos, tmp_path, monkeypatch):
+    """--shift-aug N: the batches carry frames (moved by random_shift), encoded each step by the
+    frozen tokenizer, and the run ends in a loadable final folder."""
+    from par_agent.models import PhysicalAutoregressiveModel
+    from par_agent.training import data as train_data
+
+    seen = []
+    real = train_data.random_shift
+    monkeypatch.setattr(train_data, "random_shift", lambda f, pad, g=None: seen.append(pad) or real(f, pad, g))
+    run_stage("finetune", pushcube_demos, tmp_path / "aug", 2, "--init", str(trained_run / "pretrain-video" / "final"),
+              "--shift-aug", "3")
+    assert seen and set(seen) == {3}
+    PhysicalAutoregressiveModel.from_pretrained(tmp_path / "aug" / "finetune" / "final")

@@ -95,6 +95,31 @@ def frames_collate(items: list[dict]) -> dict:
     return {"frames": frames.reshape(-1, *frames.shape[-3:])[batch["frame_mask"].reshape(-1)]}
 
 
+def random_shift(frames: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random-shift augmentation (DrQ; Hansen et al. 2022): each window of ``frames`` (B, T, H, W, 3)
+    uint8 is padded by ``pad`` pixels (edge pixels repeated) and cropped back at a random offset, the
+    same for all T frames of the window, so the motion between them is kept."""
+    import torch.nn.functional as F
+
+    if pad <= 0:
+        return frames
+    B, T, H, W, C = frames.shape
+    x = F.pad(frames.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W).float(), (pad,) * 4, mode="replicate")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, B), generator=generator).tolist()
+    x = torch.stack([x[b, :, dy[b]:dy[b] + H, dx[b]:dx[b] + W] for b in range(B)])
+    return x.reshape(B, T, C, H, W).permute(0, 1, 3, 4, 2).to(torch.uint8)
+
+
+def shift_collate(items: list[dict], pad: int) -> dict:
+    """The video and fine-tuning stages' batches with :func:`random_shift` applied to their frames."""
+    from torch.utils.data import default_collate
+
+    batch = default_collate(items)
+    batch["frames"] = random_shift(batch["frames"], pad)
+    batch.pop("frame_index", None)
+    return batch
+
+
 def recorded_env_kwargs(paths) -> dict:
     """The make_env keyword arguments recorded with the fine-tuning data (one env set-up for all sources)."""
     found = {json.dumps(make_env_kwargs(env_info(p)), sort_keys=True) for p in paths if env_info(p)}

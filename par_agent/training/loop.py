@@ -4,6 +4,7 @@ package; this one puts them in order."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from par_agent.tokenizers import background_frame
 from par_agent.training.args import STAGES, TrainArgs
 from par_agent.training.checkpoints import (ema_copy_to, latest_checkpoint, load_ema_state, make_ema,
                                             save_training_checkpoint, set_rng_state)
-from par_agent.training.data import build_datasets, frames_collate, recorded_env_kwargs
+from par_agent.training.data import build_datasets, frames_collate, recorded_env_kwargs, shift_collate
 from par_agent.training.distributed import all_mean, dist_setup, dist_teardown
 from par_agent.training.model import adapt_model, build_model
 from par_agent.training.step import TokenizerObjective, autocast_for, make_optimizer, train_step
@@ -73,8 +74,8 @@ def prepare_model(args: TrainArgs, device: torch.device):
         model, note = build_model(args)
     model.to(device)  # the frozen tokenizer encodes the dataset on the training device
     stats = get_dataset_stats(model.action_norm, model.state_norm) if args.stage == "finetune" and resume else None
-    train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats,
-                                                     tokens_from=model if args.stage != "tokenizer" else None)
+    frozen_tokens = args.stage != "tokenizer" and not args.shift_aug  # augmented frames are encoded each step
+    train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats, tokens_from=model if frozen_tokens else None)
     if args.stage == "finetune" and resume is None:
         dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]))
         model, reinit = adapt_model(model, **dims, env_kwargs=recorded_env_kwargs(args.data))
@@ -104,7 +105,8 @@ def make_loader(args: TrainArgs, train_set, rank: int, world: int, step: int, de
     sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else \
         RandomSampler(train_set, replacement=True, num_samples=10**9, generator=torch.Generator().manual_seed(args.seed + step))
     return DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                      collate_fn=frames_collate if args.stage == "tokenizer" else None,
+                      collate_fn=frames_collate if args.stage == "tokenizer" else
+                      functools.partial(shift_collate, pad=args.shift_aug) if args.shift_aug else None,
                       drop_last=True, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
 
 
