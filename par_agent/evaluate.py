@@ -203,7 +203,8 @@ def run(argv: list[str] | None = None) -> dict:
                       progress=not a.no_progress, obs_mode=a.obs_mode)
     report["policy"] = {"name": a.policy, "num_inference_steps": policy.model.num_inference_steps,
                         "use_kv_cache": policy.model.use_kv_cache, "chunk_size": policy.cfg.chunk_size,
-                        "action_horizon": policy.action_horizon, "history": policy.cfg.history, "device": a.device, "threads": a.threads}
+                        "action_horizon": policy.action_horizon, "history": policy.cfg.history,
+                        "device": a.device, "threads": a.threads}
     text = json.dumps(report, indent=2)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

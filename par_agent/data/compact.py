@@ -151,8 +151,8 @@ def export_compact(h5_path, out_dir, crf: int = 18, fps: Optional[int] = None, d
         crf: H.264 quality (lower is better; 18 is visually lossless).
         fps: video frame rate; default the control rate (20 Hz).
         drop: h5 paths (and the groups under them) to leave out, e.g.
-            ``("env_states", "obs/sensor_param")``: training reads neither, and the simulator states
-            are a third of a 64 px demo's compact size; without them a demo cannot be replayed.
+            ``("env_states", "obs/sensor_param")``: training reads neither, and together they are a
+            fifth of a 64 px PickCube demo's compact size; without them a demo cannot be replayed.
     Returns:
         ``out_dir`` as a ``Path``.
     """
