@@ -25,18 +25,20 @@ def default_max_episode_steps(task: str) -> int:
     return 2 * registered if registered else 400
 
 
-def sensor_configs(camera_size: int, camera_fov: Optional[float] = None, cameras: Sequence[str] = ("base_camera",),
-                   extra: Optional[dict] = None) -> dict:
+def sensor_configs(camera_size: int, camera_fov: Optional[float | dict[str, float]] = None,
+                   cameras: Sequence[str] = ("base_camera",), extra: Optional[dict] = None) -> dict:
     """ManiSkill ``sensor_configs`` for PAR's cameras: every camera ``camera_size`` square and, when
-    ``camera_fov`` is given, each of ``cameras`` with that vertical field of view in radians (the
-    tasks' ``base_camera`` has pi/2; a narrower one, from the same pose, frames the workspace and
-    gives the cubes more pixels at the same frame size). ``extra`` is merged last."""
-    if camera_fov is not None and not 0 < camera_fov < 3.14:
-        raise ValueError(f"camera_fov must be in radians, between 0 and pi, got {camera_fov!r}")
+    ``camera_fov`` is given, a vertical field of view in radians: a number for each of ``cameras``, or
+    ``{camera: fov}`` for the cameras named (the others keep the task's). The tasks' ``base_camera``
+    has pi/2; a narrower one, from the same pose, frames the workspace and gives the cubes more pixels
+    at the same frame size. ``extra`` is merged last."""
+    fovs = camera_fov if isinstance(camera_fov, dict) else {} if camera_fov is None else dict.fromkeys(cameras, camera_fov)
+    for cam, fov in fovs.items():
+        if isinstance(fov, bool) or not isinstance(fov, (int, float)) or not 0 < fov < 3.14:
+            raise ValueError(f"camera_fov must be in radians, between 0 and pi, got {fov!r} for {cam}")
     out: dict = dict(width=camera_size, height=camera_size)
-    if camera_fov is not None:
-        for cam in cameras:
-            out[cam] = dict(fov=float(camera_fov))
+    for cam, fov in fovs.items():
+        out[cam] = dict(fov=float(fov))
     for k, v in (extra or {}).items():
         out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
@@ -53,7 +55,7 @@ def make_env(
     sim_backend: str = "auto",
     seed: Optional[int] = None,
     cameras: Sequence[str] = ("base_camera",),
-    camera_fov: Optional[float] = None,
+    camera_fov: Optional[float | dict[str, float]] = None,
     **kwargs,
 ) -> gym.Env:
     """Make a ManiSkill task that speaks the PAR observation contract.
@@ -75,7 +77,8 @@ def make_env(
         seed: seed for the first ``reset()`` that passes none.
         cameras: cameras stitched left to right into ``rgb``; on the CPU sim only these are rendered
             (:func:`capture_only`).
-        camera_fov: field of view (radians) of ``cameras``; ``None`` keeps the task's (pi/2).
+        camera_fov: field of view (radians) of ``cameras``, or ``{camera: fov}`` for some of them;
+            ``None`` keeps the task's (pi/2).
         **kwargs: passed to ``gym.make`` (e.g. ``sensor_configs`` extras, ``shader_pack``).
     """
     check_task(task)

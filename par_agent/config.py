@@ -24,6 +24,10 @@ class PARConfig:
     # --- observation / frame tokenizer -------------------------------------------------------
     image_size: int = 128
     """Side of the square camera image (pixels). Must be divisible by vae_stride * patch_size."""
+    num_cameras: int = 1
+    """Camera images per observation, stitched left to right (``image_size`` x ``num_cameras *
+    image_size``, as ``envs.make_env(cameras=...)`` gives them). Each camera is encoded on its own
+    and gets its own frame tokens, so P = num_cameras * camera_tokens."""
     vae_stride: int = 8
     """Spatial down-sampling of the KL autoencoder (2 ** (len(vae_channels) - 1))."""
     latent_channels: int = 4
@@ -92,10 +96,13 @@ class PARConfig:
         unknown_env = sorted(set(self.env_kwargs) - set(ENV_KWARGS))
         if unknown_env:
             raise ValueError(f"PARConfig.env_kwargs has unknown keys {unknown_env}; allowed: {list(ENV_KWARGS)}")
+        cams = self.env_kwargs.get("cameras")
+        if cams is not None and len(cams) != self.num_cameras:
+            raise ValueError(f"PARConfig.env_kwargs records cameras {list(cams)}, but num_cameras={self.num_cameras}")
         self.vae_channels = tuple(int(c) for c in self.vae_channels)
         self.task_names = tuple(str(t) for t in self.task_names)
         positive = [
-            "image_size", "vae_stride", "latent_channels", "vae_layers_per_block", "vae_norm_groups",
+            "image_size", "num_cameras", "vae_stride", "latent_channels", "vae_layers_per_block", "vae_norm_groups",
             "patch_size", "state_dim", "action_dim", "chunk_size", "width", "depth", "num_heads",
             "frame_head_width", "frame_head_depth", "action_head_width", "action_head_depth",
             "head_num_heads", "num_train_timesteps", "num_inference_steps", "diffusion_batch_mul",
@@ -150,9 +157,19 @@ class PARConfig:
         return self.image_size // self.vae_stride
 
     @property
-    def frame_tokens(self) -> int:
-        """P: frame tokens per observation."""
+    def camera_tokens(self) -> int:
+        """Frame tokens per camera image."""
         return (self.latent_size // self.patch_size) ** 2
+
+    @property
+    def frame_tokens(self) -> int:
+        """P: frame tokens per observation (every camera's)."""
+        return self.num_cameras * self.camera_tokens
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """(H, W, 3) of one observation's stitched camera images."""
+        return (self.image_size, self.num_cameras * self.image_size, 3)
 
     @property
     def token_dim(self) -> int:

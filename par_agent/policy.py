@@ -42,9 +42,8 @@ def torch_threads(n: int | None):
 
 
 def observation_space_for(cfg: PARConfig) -> spaces.Dict:
-    s = cfg.image_size
     return spaces.Dict({
-        "rgb": spaces.Box(0, 255, (s, s, 3), np.uint8),
+        "rgb": spaces.Box(0, 255, cfg.frame_shape, np.uint8),
         "state": spaces.Box(-np.inf, np.inf, (cfg.state_dim,), np.float32),
     })
 
@@ -177,14 +176,15 @@ class PARPolicy(BasePolicy):
         rgb, st = observation["rgb"], observation["state"]
         rgb = rgb.detach().cpu().numpy() if torch.is_tensor(rgb) else np.asarray(rgb)
         st = st.detach().cpu().numpy() if torch.is_tensor(st) else np.asarray(st)
-        s = self.cfg.image_size
+        s, n = self.cfg.image_size, self.cfg.num_cameras
         if rgb.dtype != np.uint8:
             raise ValueError(f"observation['rgb'] must have dtype uint8, got {rgb.dtype}")
         batched = rgb.ndim == 4
-        if rgb.ndim not in (3, 4) or rgb.shape[-1] != 3 or rgb.shape[-2] != rgb.shape[-3]:
-            raise ValueError(f"observation['rgb'] must have shape ({s}, {s}, 3) or (n_envs, {s}, {s}, 3) "
-                             f"(a square channel-last image of any size), got {rgb.shape}")
-        if rgb.shape[-2] != s:
+        if rgb.ndim not in (3, 4) or rgb.shape[-1] != 3 or rgb.shape[-2] != n * rgb.shape[-3]:
+            what = "a square channel-last image" if n == 1 else f"{n} square camera images side by side, channel-last,"
+            raise ValueError(f"observation['rgb'] must have shape ({s}, {n * s}, 3) or (n_envs, {s}, {n * s}, 3) "
+                             f"({what} of any size), got {rgb.shape}")
+        if rgb.shape[-3] != s:
             rgb = self._resize(rgb)
         want = (rgb.shape[0], self.cfg.state_dim) if batched else (self.cfg.state_dim,)
         if st.shape != want:
@@ -201,9 +201,9 @@ class PARPolicy(BasePolicy):
         return rgb, st.astype(np.float32), batched
 
     def _resize(self, rgb: np.ndarray) -> np.ndarray:
-        """(..., H, H, 3) -> (..., s, s, 3), antialiased as the training frames were. Warns once when H
-        is not the camera size the model was trained with (an env made without ``**policy.env_kwargs``)."""
-        size = rgb.shape[-2]
+        """(..., H, n*H, 3) -> (..., s, n*s, 3), antialiased as the training frames were. Warns once when
+        H is not the camera size the model was trained with (an env made without ``**policy.env_kwargs``)."""
+        size = rgb.shape[-3]
         if size != self.env_kwargs["camera_size"] and not getattr(self, "_warned_size", False):
             self._warned_size = True
             warnings.warn(f"camera images are {size}x{size}; this policy was trained on "
@@ -211,7 +211,7 @@ class PARPolicy(BasePolicy):
                           f"resized to {self.cfg.image_size}x{self.cfg.image_size}; resizing. Build the env "
                           "with make_env(task, **policy.env_kwargs) to match", stacklevel=4)
         lead = rgb.shape[:-3]
-        return resize_frames(rgb.reshape(-1, *rgb.shape[-3:]), self.cfg.image_size).reshape(*lead, *([self.cfg.image_size] * 2), 3)
+        return resize_frames(rgb.reshape(-1, *rgb.shape[-3:]), self.cfg.image_size).reshape(*lead, *self.cfg.frame_shape)
 
     # ------------------------------------------------------------------ acting
     def predict(self, observation: dict[str, np.ndarray], state: tuple[np.ndarray, ...] | None = None,

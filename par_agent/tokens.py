@@ -54,8 +54,8 @@ class PhysicalTokenObservation(gym.ObservationWrapper):
     ``None`` for one around an in-memory model.
 
     Args:
-        env: an env speaking the PAR observation contract (``envs.make_env``), one camera whose
-            images match the tokenizer's ``image_size``.
+        env: an env speaking the PAR observation contract (``envs.make_env``) whose camera
+            images match the tokenizer's ``image_size`` and number of cameras.
         tokenizer_or_model: a :class:`PhysicalAutoregressiveModel` (its ``frame_tokenizer`` and
             ``state_norm`` are used) or a bare :class:`FrameTokenizer`.
         device: where the tokenizer runs (under ``torch.no_grad``). A model on another device is
@@ -96,12 +96,12 @@ class PhysicalTokenObservation(gym.ObservationWrapper):
             raise ValueError(f"the env must give PAR observations {{'rgb', 'state'}} (envs.make_env), got {space}")
         rgb, state = space["rgb"], space["state"]
         self.batched = len(rgb.shape) == 4
-        s = self.tokenizer.image_size
+        s, n = self.tokenizer.image_size, self.tokenizer.num_cameras
         h, w = rgb.shape[-3], rgb.shape[-2]
-        if (h, w) != (s, s):
+        if (h, w) != (s, n * s):
             raise ValueError(
-                f"the frame tokenizer takes {s}x{s} frames but the env's camera gives {h}x{w} (HxW); "
-                f"make the env with camera_size={s} and one camera, or use a tokenizer trained at {h}x{w}"
+                f"the frame tokenizer takes {s}x{n * s} frames ({n} camera(s) of {s}x{s}) but the env gives "
+                f"{h}x{w} (HxW); make the env with camera_size={s} and {n} camera(s), or use a tokenizer trained at {h}x{w}"
             )
         d = state.shape[-1]
         if self.state_norm is not None and self.state_norm.dim != d:

@@ -35,9 +35,8 @@ def tiny_model(seed: int = 0, randomize_zero_init: bool = True, **overrides) -> 
 def synthetic_batch(cfg: PARConfig, B: int = 4, T: int | None = None, seed: int = 0, actions: bool = True, state: bool = True):
     g = torch.Generator().manual_seed(seed)
     T = T or cfg.history
-    s = cfg.image_size
     batch = {
-        "frames": torch.randint(0, 256, (B, T, s, s, 3), dtype=torch.uint8, generator=g),
+        "frames": torch.randint(0, 256, (B, T, *cfg.frame_shape), dtype=torch.uint8, generator=g),
         "task_id": torch.zeros(B, dtype=torch.long),
         "frame_mask": torch.ones(B, T, dtype=torch.bool),
     }

@@ -29,7 +29,7 @@ def test_shapes_and_patchify_round_trip():
     frames = torch.randint(0, 256, (2, 3, 32, 32, 3), dtype=torch.uint8)
     tokens = tok.encode(frames)
     assert tokens.shape == (2, 3, cfg.frame_tokens, cfg.token_dim)
-    z = torch.randn(5, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    z = torch.randn(5, cfg.num_cameras, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
     torch.testing.assert_close(tok.tokens_to_latents(tok.latents_to_tokens(z)), z)
     img = tok.decode(tokens)
     assert img.shape == frames.shape and img.dtype == torch.uint8

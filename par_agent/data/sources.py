@@ -40,7 +40,8 @@ def task_of(path: str | Path) -> str | None:
 def make_env_kwargs(info: dict, cameras: Sequence[str] = ("base_camera",)) -> dict:
     """The ``envs.make_env`` keyword arguments of the env described by ``env_info``.
 
-    Returns a subset of ``control_mode``, ``obs_mode``, ``camera_size``, ``camera_fov``, ``cameras`` and
+    Returns a subset of ``control_mode``, ``obs_mode``, ``camera_size``, ``camera_fov`` (a number, or
+    ``{camera: fov}`` when the cameras differ or some keep the task's), ``cameras`` and
     ``max_episode_steps`` (what the record says; the rest are make_env's defaults).
     """
     kw = info.get("env_kwargs", {}) or {}
@@ -48,11 +49,11 @@ def make_env_kwargs(info: dict, cameras: Sequence[str] = ("base_camera",)) -> di
     sensors = kw.get("sensor_configs", {}) or {}
     if "width" in sensors:
         out["camera_size"] = int(sensors["width"])
-    fovs = {float(sensors[c]["fov"]) for c in cameras if isinstance(sensors.get(c), dict) and "fov" in sensors[c]}
-    if len(fovs) > 1:
-        raise ValueError(f"cameras {list(cameras)} were recorded with different fields of view {sorted(fovs)}")
-    if fovs:
-        out["camera_fov"] = fovs.pop()
+    fovs = {c: float(sensors[c]["fov"]) for c in cameras if isinstance(sensors.get(c), dict) and "fov" in sensors[c]}
+    if fovs and len(fovs) == len(cameras) and len(set(fovs.values())) == 1:
+        out["camera_fov"] = fovs[cameras[0]]  # one field of view for every camera
+    elif fovs:
+        out["camera_fov"] = fovs  # per camera; the others keep the task's
     out["cameras"] = list(cameras)
     if info.get("max_episode_steps"):
         out["max_episode_steps"] = int(info["max_episode_steps"])

@@ -23,6 +23,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return torch.cat([args.cos(), args.sin()], dim=-1)
 
 
+def camera_rows(num_cameras: int, width: int) -> nn.Parameter | None:
+    """One learned row per camera of a frame's tokens, or None for one camera."""
+    return nn.Parameter(torch.randn(num_cameras, width) * 0.02) if num_cameras > 1 else None
+
+
+def frame_positions(table: torch.Tensor, cameras: torch.Tensor | None) -> torch.Tensor:
+    """Positions of a frame's tokens: ``table`` (camera_tokens, W), shared by every camera, plus
+    ``cameras`` (n, W), one row per camera -> (n * camera_tokens, W). A model trained on one camera
+    thus starts one for several with the same weights in each camera's place."""
+    return table if cameras is None else (cameras[:, None] + table[None]).flatten(0, 1)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
@@ -98,20 +110,22 @@ class FrameHead(nn.Module):
     (N, P, D) and globally from the last token of the current block (N, D).
     """
 
-    def __init__(self, token_dim: int, num_tokens: int, cond_dim: int, width: int, depth: int, heads: int) -> None:
+    def __init__(self, token_dim: int, camera_tokens: int, cond_dim: int, width: int, depth: int, heads: int,
+                 num_cameras: int = 1) -> None:
         super().__init__()
         self.width = width
         self.inp = nn.Linear(token_dim, width)
         self.cond_tokens = nn.Linear(cond_dim, width)
         self.cond_global = nn.Linear(cond_dim, width)
-        self.pos = nn.Parameter(torch.randn(num_tokens, width) * 0.02)
+        self.pos = nn.Parameter(torch.randn(camera_tokens, width) * 0.02)
+        self.camera_pos = camera_rows(num_cameras, width)
         self.t_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(depth))
         self.final = FinalLayer(width, token_dim)
 
     def prepare(self, cond_tokens: torch.Tensor, cond_global: torch.Tensor) -> dict:
         """Project the conditioning once per sample (it does not change across steps)."""
-        return {"tok": self.cond_tokens(cond_tokens) + self.pos, "glob": self.cond_global(cond_global)}
+        return {"tok": self.cond_tokens(cond_tokens) + frame_positions(self.pos, self.camera_pos), "glob": self.cond_global(cond_global)}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         """x: (N, P, token_dim) noisy latents; t: (N,) timesteps -> (N, P, token_dim)."""

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from par_agent.config import RUNTIME_FIELDS, PARConfig
-from par_agent.models.heads import ActionHead, Diffusion, FrameHead, repeat_cond
+from par_agent.models.heads import ActionHead, Diffusion, FrameHead, camera_rows, frame_positions, repeat_cond
 from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
 from par_agent.models.transformer import Backbone, KVCache
 from par_agent.models.normalizer import Normalizer
@@ -77,20 +77,22 @@ class PhysicalAutoregressiveModel(nn.Module):
     def __init__(self, cfg: PARConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        D, P, K = cfg.width, cfg.frame_tokens, cfg.chunk_size
+        D, K = cfg.width, cfg.chunk_size
         self.frame_tokenizer = FrameTokenizer(cfg)
         self.action_norm = Normalizer(cfg.action_dim, "minmax")
         self.state_norm = Normalizer(cfg.state_dim, "meanstd")
         self.task_emb = nn.Embedding(len(cfg.task_names), D)
         self.kind_emb = nn.Embedding(len(Kind), D)
         self.frame_in = nn.Linear(cfg.token_dim, D)
-        self.frame_pos = nn.Parameter(torch.randn(P, D) * 0.02)
+        self.frame_pos = nn.Parameter(torch.randn(cfg.camera_tokens, D) * 0.02)
+        self.camera_pos = camera_rows(cfg.num_cameras, D)
         self.state_in = nn.Linear(cfg.state_dim, D)
         self.boa = nn.Parameter(torch.randn(D) * 0.02)
         self.action_in = nn.Linear(cfg.action_dim, D)
         self.action_pos = nn.Parameter(torch.randn(K, D) * 0.02)
         self.backbone = Backbone(D, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta, cfg.dropout)
-        self.frame_head = FrameHead(cfg.token_dim, P, D, cfg.frame_head_width, cfg.frame_head_depth, cfg.head_num_heads)
+        self.frame_head = FrameHead(cfg.token_dim, cfg.camera_tokens, D, cfg.frame_head_width, cfg.frame_head_depth,
+                                    cfg.head_num_heads, cfg.num_cameras)
         self.action_head = ActionHead(cfg.action_dim, K, D, cfg.action_head_width, cfg.action_head_depth, cfg.head_num_heads)
         self.diffusion = self._make_diffusion(cfg)
 
@@ -127,7 +129,7 @@ class PhysicalAutoregressiveModel(nn.Module):
     # ------------------------------------------------------------------ embeddings
     def embed_frames(self, tokens: torch.Tensor) -> torch.Tensor:
         """(..., P, C) frame tokens -> (..., P, D)."""
-        return self.frame_in(tokens) + self.frame_pos + self.kind_emb.weight[Kind.FRAME]
+        return self.frame_in(tokens) + frame_positions(self.frame_pos, self.camera_pos) + self.kind_emb.weight[Kind.FRAME]
 
     def embed_state(self, state: torch.Tensor) -> torch.Tensor:
         """(..., Ds) raw state -> (..., 1, D)."""

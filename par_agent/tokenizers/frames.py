@@ -1,7 +1,10 @@
 """Frame tokenizer: a continuous KL autoencoder (``diffusers.AutoencoderKL``) whose latents are
 scaled to unit variance per channel and cut into 2x2 patches, the frame tokens.
 
-    uint8 (..., H, W, 3) --encode--> (..., P, C*p*p) float --decode--> uint8 (..., H, W, 3)
+    uint8 (..., H, n*H, 3) --encode--> (..., P, C*p*p) float --decode--> uint8 (..., H, n*H, 3)
+
+With ``n = cfg.num_cameras`` square camera images stitched left to right, each camera is encoded on
+its own (the same autoencoder) and its tokens follow the previous camera's: P = n * camera tokens.
 
 The small autoencoder is trained on task frames by ``par-train tokenizer`` (the loss is
 :meth:`FrameTokenizer.loss`); any pretrained ``AutoencoderKL`` folder can be used instead
@@ -43,7 +46,7 @@ def build_autoencoder(cfg: PARConfig) -> AutoencoderKL:
 class FrameTokenizer(nn.Module):
     def __init__(self, cfg: PARConfig, vae: AutoencoderKL | None = None) -> None:
         super().__init__()
-        self.image_size, self.patch = cfg.image_size, cfg.patch_size
+        self.image_size, self.patch, self.num_cameras = cfg.image_size, cfg.patch_size, cfg.num_cameras
         self.vae = vae if vae is not None else build_autoencoder(cfg)
         c = self.vae.config.latent_channels
         if c != cfg.latent_channels:
@@ -61,10 +64,15 @@ class FrameTokenizer(nn.Module):
     def check_frames(self, frames: torch.Tensor) -> None:
         if frames.dtype != torch.uint8:
             raise ValueError(f"frames must be uint8, got {frames.dtype}")
-        if frames.shape[-3:] != (self.image_size, self.image_size, 3):
-            raise ValueError(
-                f"frames must be (..., {self.image_size}, {self.image_size}, 3) channel-last, got {tuple(frames.shape)}"
-            )
+        want = (self.image_size, self.num_cameras * self.image_size, 3)
+        if frames.shape[-3:] != want:
+            cams = f" ({self.num_cameras} cameras side by side)" if self.num_cameras > 1 else ""
+            raise ValueError(f"frames must be (..., {', '.join(map(str, want))}) channel-last{cams}, "
+                             f"got {tuple(frames.shape)}")
+
+    def squares(self, frames: torch.Tensor) -> torch.Tensor:
+        """(..., H, n*H, 3) stitched cameras -> (..., n, H, H, 3), one square image per camera."""
+        return rearrange(frames, "... h (n w) c -> ... n h w c", n=self.num_cameras)
 
     @staticmethod
     def to_pixels(frames: torch.Tensor) -> torch.Tensor:
@@ -72,61 +80,66 @@ class FrameTokenizer(nn.Module):
         return frames.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
     def encode_latents(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., H, W, 3) -> unscaled posterior mean (..., C, h, w)."""
+        """uint8 (..., H, n*H, 3) -> unscaled posterior mean (..., n, C, h, w), one per camera."""
         self.check_frames(frames)
-        lead = frames.shape[:-3]
-        x = self.to_pixels(frames.reshape(-1, *frames.shape[-3:]).to(self.latent_mean.device))
+        sq = self.squares(frames)
+        lead = sq.shape[:-3]
+        x = self.to_pixels(sq.reshape(-1, *sq.shape[-3:]).to(self.latent_mean.device))
         z = self.vae.encode(x).latent_dist.mean
         return z.reshape(*lead, *z.shape[1:])
 
     def latents_to_tokens(self, z: torch.Tensor) -> torch.Tensor:
-        """(..., C, h, w) unscaled -> (..., P, C*p*p) unit-variance tokens."""
+        """(..., n, C, h, w) unscaled -> (..., P, C*p*p) unit-variance tokens, camera after camera."""
+        if z.ndim < 4 or z.shape[-4] != self.num_cameras:
+            raise ValueError(f"latents must be (..., {self.num_cameras}, C, h, w), one per camera, got {tuple(z.shape)}")
         z = (z - self.latent_mean[:, None, None]) / self.latent_std[:, None, None]
-        return rearrange(z, "... c (h p) (w q) -> ... (h w) (c p q)", p=self.patch, q=self.patch)
+        return rearrange(z, "... n c (h p) (w q) -> ... (n h w) (c p q)", p=self.patch, q=self.patch)
 
     def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(..., P, C*p*p) -> (..., C, h, w) unscaled."""
-        side = math.isqrt(tokens.shape[-2])
-        z = rearrange(tokens, "... (h w) (c p q) -> ... c (h p) (w q)", h=side, p=self.patch, q=self.patch)
+        """(..., P, C*p*p) -> (..., n, C, h, w) unscaled."""
+        side = math.isqrt(tokens.shape[-2] // self.num_cameras)
+        z = rearrange(tokens, "... (n h w) (c p q) -> ... n c (h p) (w q)", n=self.num_cameras, h=side,
+                      p=self.patch, q=self.patch)
         return z * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., H, W, 3) -> frame tokens (..., P, C*p*p)."""
+        """uint8 (..., H, n*H, 3) -> frame tokens (..., P, C*p*p)."""
         return self.latents_to_tokens(self.encode_latents(frames))
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """frame tokens (..., P, C*p*p) -> uint8 (..., H, W, 3)."""
+        """frame tokens (..., P, C*p*p) -> uint8 (..., H, n*H, 3)."""
         lead = tokens.shape[:-2]
-        z = self.tokens_to_latents(tokens.reshape(-1, *tokens.shape[-2:]))
-        x = self.vae.decode(z).sample
+        z = self.tokens_to_latents(tokens.reshape(-1, *tokens.shape[-2:]))  # (M, n, C, h, w)
+        x = self.vae.decode(z.flatten(0, 1)).sample
         img = x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        img = rearrange(img, "(m n) h w c -> m h (n w) c", n=self.num_cameras)
         return img.reshape(*lead, *img.shape[1:])
 
     def loss(self, frames: torch.Tensor, kl_weight: float = 1e-6, grad_weight: float = 0.5,
              background: torch.Tensor | None = None, fg_weight: float = 0.0,
              fg_threshold: float = 0.1) -> dict[str, torch.Tensor]:
-        """Autoencoder training loss on uint8 frames (N, H, W, 3): L1 + MSE reconstruction, an
+        """Autoencoder training loss on uint8 frames (N, H, n*H, 3), each camera's image on its own: L1 + MSE reconstruction, an
         image-gradient term (a cheap stand-in for a perceptual loss that keeps edges sharp; LPIPS
         would need downloaded weights) and a small KL term. Returns ``loss``, and the unweighted
         ``l1`` and ``mse`` (for logs) and ``kl``.
 
-        Foreground weighting: with a ``background`` frame (H, W, 3) uint8 (the static scene, see
+        Foreground weighting: with a ``background`` frame (H, n*H, 3) uint8 (the static scene, see
         :func:`background_frame`) and ``fg_weight`` > 0, every pixel that differs from it by more
         than ``fg_threshold`` (in [-1, 1] units, any channel) weighs ``1 + fg_weight`` in the L1
         and MSE terms. The fixed camera sees the same table in every frame, so this is where the
         arm and the few pixels of the cubes are; unweighted, the loss lets them blur away.
         """
         self.check_frames(frames)
-        x = self.to_pixels(frames.to(self.latent_mean.device))
+        x = self.to_pixels(self.squares(frames.to(self.latent_mean.device)).flatten(0, 1))  # (N*n, 3, H, H)
         post = self.vae.encode(x).latent_dist
         rec = self.vae.decode(post.sample()).sample
         err = rec - x
         abs_err, sq_err = err.abs(), err.pow(2)
         w: torch.Tensor | float = 1.0
         if background is not None and fg_weight > 0:
-            bg = self.to_pixels(background.to(x.device)[None])
+            bg = self.to_pixels(self.squares(background.to(x.device))).repeat(len(frames), 1, 1, 1)  # (N*n, ...)
             fg = ((x - bg).abs().amax(1, keepdim=True) > fg_threshold).float()  # (N, 1, H, W)
             w = (1.0 + fg_weight * fg) / (1.0 + fg_weight * fg.mean())  # mean weight 1: same loss scale
         grad = sum((torch.diff(rec, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
@@ -136,10 +149,10 @@ class FrameTokenizer(nn.Module):
 
     @torch.no_grad()
     def fit_latent_stats(self, frames: torch.Tensor | np.ndarray, batch_size: int = 64) -> None:
-        """Set the per-channel latent mean/std from frames (N, H, W, 3) uint8."""
+        """Set the per-channel latent mean/std from frames (N, H, n*H, 3) uint8."""
         frames = torch.as_tensor(frames)
         zs = [self.encode_latents(frames[i:i + batch_size]) for i in range(0, len(frames), batch_size)]
-        z = torch.cat(zs).transpose(0, 1).flatten(1)
+        z = torch.cat(zs).movedim(-3, 0).flatten(1)  # (C, N * n * h * w)
         self.latent_mean.copy_(z.mean(1))
         self.latent_std.copy_(z.std(1).clamp_min(1e-4))
 

@@ -45,6 +45,9 @@ class TrainArgs:
     overrides: tuple[str, ...] = _opt((), "config overrides, e.g. --set chunk_size=4 history=8", flag="--set",
                                       nargs="*", metavar="KEY=VALUE")
     tasks: tuple[str, ...] = _opt((), "task names of the model (default: those in the data)", nargs="*")
+    cameras: tuple[str, ...] = _opt((), "cameras of the data stitched left to right into each frame, e.g. "
+                                    "base_camera hand_camera (default: those of the model started from, else "
+                                    "base_camera); the model's num_cameras follows", nargs="+")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     threads: int | None = _opt(None, "torch threads per process (default: the machine's cores shared among the local "
                                "ranks); floating-point results are reproducible for a given count", type=int)
@@ -86,7 +89,8 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> TrainArgs:
         resolve_device(a.device)
     except (RuntimeError, ValueError) as err:  # e.g. --device cuda on a machine without CUDA: one line
         p.error(str(err))
-    return TrainArgs(**{**vars(a), "overrides": tuple(a.overrides), "tasks": tuple(a.tasks)})
+    return TrainArgs(**{**vars(a), "overrides": tuple(a.overrides), "tasks": tuple(a.tasks),
+                         "cameras": tuple(a.cameras)})
 
 
 def parse_overrides(items) -> dict:

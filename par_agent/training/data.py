@@ -29,7 +29,7 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
         task = task_of(path)
         tid = cfg.task_id(task) if task is not None else 0  # plain videos: the first task
         kw = dict(history=cfg.history, chunk_size=cfg.chunk_size, task_id=tid, frames_only=frames_only,
-                  val_fraction=args.val_fraction, image_size=cfg.image_size)
+                  val_fraction=args.val_fraction, image_size=cfg.image_size, cameras=args.cameras)
         tr = PhysicalStepDataset(path, split="train", stats=stats, **kw)
         train.append(tr)
         try:
@@ -120,9 +120,10 @@ def shift_collate(items: list[dict], pad: int) -> dict:
     return batch
 
 
-def recorded_env_kwargs(paths) -> dict:
-    """The make_env keyword arguments recorded with the fine-tuning data (one env set-up for all sources)."""
-    found = {json.dumps(make_env_kwargs(env_info(p)), sort_keys=True) for p in paths if env_info(p)}
+def recorded_env_kwargs(paths, cameras=("base_camera",)) -> dict:
+    """The make_env keyword arguments recorded with the fine-tuning data (one env set-up for all sources),
+    for the ``cameras`` the model reads."""
+    found = {json.dumps(make_env_kwargs(env_info(p), cameras), sort_keys=True) for p in paths if env_info(p)}
     if len(found) > 1:
         raise ValueError(f"the data sources {list(paths)} were recorded with different env settings: {sorted(found)}")
     return json.loads(found.pop()) if found else {}

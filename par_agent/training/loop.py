@@ -4,6 +4,7 @@ package; this one puts them in order."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -28,7 +29,7 @@ from par_agent.training.checkpoints import (ema_copy_to, latest_checkpoint, load
                                             save_training_checkpoint, set_rng_state)
 from par_agent.training.data import build_datasets, frames_collate, recorded_env_kwargs, shift_collate
 from par_agent.training.distributed import all_mean, dist_setup, dist_teardown
-from par_agent.training.model import adapt_model, build_model
+from par_agent.training.model import adapt_model, build_model, stage_cameras
 from par_agent.training.step import TokenizerObjective, autocast_for, make_optimizer, train_step
 from par_agent.training.validation import validate
 
@@ -74,11 +75,12 @@ def prepare_model(args: TrainArgs, device: torch.device):
         model, note = build_model(args)
     model.to(device)  # the frozen tokenizer encodes the dataset on the training device
     stats = get_dataset_stats(model.action_norm, model.state_norm) if args.stage == "finetune" and resume else None
+    args = dataclasses.replace(args, cameras=stage_cameras(args, model.cfg))
     frozen_tokens = args.stage != "tokenizer" and not args.shift_aug  # augmented frames are encoded each step
     train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats, tokens_from=model if frozen_tokens else None)
     if args.stage == "finetune" and resume is None:
         dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]))
-        model, reinit = adapt_model(model, **dims, env_kwargs=recorded_env_kwargs(args.data))
+        model, reinit = adapt_model(model, **dims, env_kwargs=recorded_env_kwargs(args.data, args.cameras))
         if reinit:  # e.g. PickCube's 29 state values after video pretraining with 25
             note += f"; {dims} from the data (re-initialised {', '.join(reinit)})"
         set_dataset_stats(model.action_norm, model.state_norm, data_stats)

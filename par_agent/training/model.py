@@ -50,6 +50,8 @@ def build_model(args: TrainArgs) -> tuple[PhysicalAutoregressiveModel, str]:
         elif args.stage == "finetune" and (args.out / "tokenizer" / "final").is_dir():
             init = str(args.out / "tokenizer" / "final")
     overrides = parse_overrides(args.overrides)
+    if args.cameras and "num_cameras" not in overrides:
+        overrides["num_cameras"] = len(args.cameras)
     tasks = data_tasks(args)
     if init is not None:
         model = PhysicalAutoregressiveModel.from_pretrained(init)
@@ -57,9 +59,24 @@ def build_model(args: TrainArgs) -> tuple[PhysicalAutoregressiveModel, str]:
         if tasks and "task_names" not in overrides:
             overrides["task_names"] = tasks if args.stage == "finetune" else \
                 tuple(cfg.task_names) + tuple(t for t in tasks if t not in cfg.task_names)
+        if overrides.get("num_cameras", cfg.num_cameras) != cfg.num_cameras and "env_kwargs" not in overrides:
+            overrides["env_kwargs"] = {}  # other cameras, another env: fine-tuning records the new one
         model, reinit = adapt_model(model, **overrides)
         note = f"initialised from {init}" + (f" (re-initialised {', '.join(reinit)})" if reinit else "")
         return model, note
     cfg = PARConfig.named(args.preset, **{"task_names": tasks or ("PushCube-v1",), **overrides})
     torch.manual_seed(args.seed)
     return PhysicalAutoregressiveModel(cfg), "initialised from scratch"
+
+
+def stage_cameras(args: TrainArgs, cfg: PARConfig) -> tuple[str, ...]:
+    """The cameras a stage reads, left to right: ``--cameras``, else those the model records, else
+    ``base_camera`` for a one-camera model."""
+    if args.cameras:
+        return tuple(args.cameras)
+    if cfg.env_kwargs.get("cameras"):
+        return tuple(cfg.env_kwargs["cameras"])
+    if cfg.num_cameras == 1:
+        return ("base_camera",)
+    raise ValueError(f"the model reads {cfg.num_cameras} cameras side by side; name them with --cameras "
+                     "(e.g. --cameras base_camera hand_camera)")
