@@ -110,12 +110,15 @@ def random_shift(frames: torch.Tensor, pad: int, generator: torch.Generator | No
     return x.reshape(B, T, C, H, W).permute(0, 1, 3, 4, 2).to(torch.uint8)
 
 
-def shift_collate(items: list[dict], pad: int) -> dict:
-    """The video and fine-tuning stages' batches with :func:`random_shift` applied to their frames."""
+def shift_collate(items: list[dict], pad: int, num_cameras: int = 1) -> dict:
+    """The video and fine-tuning stages' batches with :func:`random_shift` applied to their frames, each
+    of ``num_cameras`` side-by-side camera images moved on its own (no pixels cross from one to the next)."""
+    from einops import rearrange
     from torch.utils.data import default_collate
 
     batch = default_collate(items)
-    batch["frames"] = random_shift(batch["frames"], pad)
+    per_camera = rearrange(batch["frames"], "b t h (n w) c -> (b n) t h w c", n=num_cameras)
+    batch["frames"] = rearrange(random_shift(per_camera, pad), "(b n) t h w c -> b t h (n w) c", n=num_cameras)
     batch.pop("frame_index", None)
     return batch
 

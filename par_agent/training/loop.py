@@ -102,13 +102,14 @@ def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_s
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
-def make_loader(args: TrainArgs, train_set, rank: int, world: int, step: int, device: torch.device) -> DataLoader:
+def make_loader(args: TrainArgs, train_set, rank: int, world: int, step: int, device: torch.device,
+                num_cameras: int = 1) -> DataLoader:
     """Endless sampling with replacement (one process), or DDP's sharded epochs."""
     sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else \
         RandomSampler(train_set, replacement=True, num_samples=10**9, generator=torch.Generator().manual_seed(args.seed + step))
     return DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                       collate_fn=frames_collate if args.stage == "tokenizer" else
-                      functools.partial(shift_collate, pad=args.shift_aug) if args.shift_aug else None,
+                      functools.partial(shift_collate, pad=args.shift_aug, num_cameras=num_cameras) if args.shift_aug else None,
                       drop_last=True, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
 
 
@@ -176,7 +177,7 @@ def train(args: TrainArgs) -> dict:
             objective, device_ids=[device.index] if device.type == "cuda" else None,
             # video pretraining leaves the action head and state embedding without gradients
             find_unused_parameters=args.stage == "pretrain-video")
-    data = batches(make_loader(args, train_set, rank, world, step, device))
+    data = batches(make_loader(args, train_set, rank, world, step, device, model.cfg.num_cameras))
     amp = autocast_for(device)
     log = MetricsLog(stage_dir, enabled=rank == 0)
     if rank == 0:
