@@ -115,11 +115,13 @@ def run_policy(policy, episodes) -> np.ndarray:
 
 def part_policy(a, work: Path) -> dict:
     from par_agent import PARPolicy
+    from par_agent.config import PARConfig
+    from par_agent.hub import CONFIG_NAME, resolve
 
     torch.backends.cuda.matmul.allow_tf32 = False  # as in a user's process (training turned it on)
     torch.backends.cudnn.allow_tf32 = False
-    probe = PARPolicy.from_pretrained(a.policy)
-    episodes = recorded_observations(a.data, probe.cfg.image_size, probe.cfg.chunk_size, a.policy_steps)
+    cfg = PARConfig.from_json(resolve(a.policy) / CONFIG_NAME)  # sizes only: the timed loads come below
+    episodes = recorded_observations(a.data, cfg.image_size, cfg.chunk_size, a.policy_steps)
     demo = np.concatenate([np.stack([act for _, act in ep]) for ep in episodes])
     out: dict = {"policy": a.policy, "episodes": len(episodes), "chunks": int(len(demo))}
     runs = {}
