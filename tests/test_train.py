@@ -375,3 +375,29 @@ def test_finetune_with_shift_augmentation_trains_on_shifted_frames(trained_run, 
               "--shift-aug", "3")
     assert seen and set(seen) == {3}
     PhysicalAutoregressiveModel.from_pretrained(tmp_path / "aug" / "finetune" / "final")
+
+
+def test_finetune_with_encoder_lr_trains_the_encoder_only_and_resumes(trained_run, pushcube_demos, tmp_path):
+    """--encoder-lr: the policy's losses reach the frame encoder (at its own learning rate); the decoder
+    and latent statistics stay as the tokenizer stage left them; a resumed run keeps both groups."""
+    from par_agent.hub import read_checkpoint
+
+    init = trained_run / "pretrain-video" / "final"
+    _, before, _ = read_checkpoint(init)
+    out = tmp_path / "enc"
+    run_stage("finetune", pushcube_demos, out, 2, "--init", str(init), "--encoder-lr", "1e-3", "--ckpt-every", "1",
+              "--ema", "0")
+    run_stage("finetune", pushcube_demos, out, 3, "--init", str(init), "--encoder-lr", "1e-3", "--ema", "0")  # resumes
+    _, after, _ = read_checkpoint(out / "finetune" / "final")
+    enc = [k for k in before if k.startswith("frame_tokenizer.vae.encoder.")]
+    dec = [k for k in before if k.startswith(("frame_tokenizer.vae.decoder.", "frame_tokenizer.latent_"))]
+    assert enc and dec
+    assert any(not torch.equal(before[k], after[k]) for k in enc)
+    assert all(torch.equal(before[k], after[k]) for k in dec)
+    trainer = torch.load(latest_checkpoint(out / "finetune") / "trainer.pt", weights_only=False)
+    lrs = sorted({g["initial_lr"] for g in trainer["optimizer"]["param_groups"]})
+    assert len(trainer["optimizer"]["param_groups"]) == 4 and lrs == [3e-4, 1e-3]  # the model's, the encoder's
+    # without the flag the tokenizer stays frozen
+    run_stage("finetune", pushcube_demos, tmp_path / "frozen", 1, "--init", str(init), "--ema", "0")
+    _, frozen, _ = read_checkpoint(tmp_path / "frozen" / "finetune" / "final")
+    assert all(torch.equal(before[k], frozen[k]) for k in enc)

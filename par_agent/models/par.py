@@ -152,8 +152,11 @@ class PhysicalAutoregressiveModel(nn.Module):
         """(B, T, P, C) frame tokens of a batch: given as ``frame_tokens`` or encoded from ``frames``."""
         if "frame_tokens" in batch:
             return batch["frame_tokens"].to(self.device, torch.float32)
+        tok, frames = self.frame_tokenizer, batch["frames"].to(self.device)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in tok.encoder_parameters()):
+            return tok.latents_to_tokens(tok.encode_latents(frames))  # an encoder in training (par-train --encoder-lr)
         with torch.no_grad():
-            return self.frame_tokenizer.encode(batch["frames"].to(self.device))
+            return tok.encode(frames)
 
     # ------------------------------------------------------------------ training
     def _run_window(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, dict, torch.Tensor]:
@@ -208,7 +211,8 @@ class PhysicalAutoregressiveModel(nn.Module):
         valid = (fmask[:, 1:] & fmask[:, :-1]).flatten()  # (B*(T-1),)
         cond = self.frame_head.prepare(h[:, idx["frame"][:-1]].flatten(0, 1), h[:, idx["last"][:-1]].flatten(0, 1))
         fweight = valid[:, None].expand(-1, cfg.frame_tokens)
-        frame_loss = self.diffusion.loss(self.frame_head, z[:, 1:].flatten(0, 1).repeat(mul, 1, 1), repeat_cond(cond, mul),
+        target = z[:, 1:].detach()  # the next frame's tokens; an encoder in training learns from its inputs only
+        frame_loss = self.diffusion.loss(self.frame_head, target.flatten(0, 1).repeat(mul, 1, 1), repeat_cond(cond, mul),
                                          fweight.repeat(mul, 1))
         out = {"frame_loss": frame_loss, "loss": cfg.frame_loss_weight * frame_loss}
         if a_n is not None:

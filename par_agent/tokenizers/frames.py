@@ -74,6 +74,11 @@ class FrameTokenizer(nn.Module):
         """(..., H, n*H, 3) stitched cameras -> (..., n, H, H, 3), one square image per camera."""
         return rearrange(frames, "... h (n w) c -> ... n h w c", n=self.num_cameras)
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The parameters of ``encode`` (the autoencoder's encoder and its posterior projection)."""
+        quant = getattr(self.vae, "quant_conv", None)
+        return list(self.vae.encoder.parameters()) + (list(quant.parameters()) if quant is not None else [])
+
     @staticmethod
     def to_pixels(frames: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""

@@ -57,6 +57,8 @@ class TrainArgs:
     progress: bool = _opt(True, "no progress bar", flag="--no-progress", action="store_false")
     fg_weight: float = _opt(20.0, "tokenizer stage: extra loss weight of pixels that differ from the static scene "
                             "(the arm, the cubes); 0 for a plain reconstruction loss")
+    encoder_lr: float = _opt(0.0, "fine-tuning stage: also train the frame tokenizer's encoder, at this learning rate, "
+                             "with the policy's losses (0: frozen); the frames are then encoded every step")
     shift_aug: int = _opt(0, "video and fine-tuning stages: random-shift augmentation, each window's frames moved "
                           "by up to N pixels (edges repeated); the frames are then encoded every step, not once")
 

@@ -76,7 +76,8 @@ def prepare_model(args: TrainArgs, device: torch.device):
     model.to(device)  # the frozen tokenizer encodes the dataset on the training device
     stats = get_dataset_stats(model.action_norm, model.state_norm) if args.stage == "finetune" and resume else None
     args = dataclasses.replace(args, cameras=stage_cameras(args, model.cfg))
-    frozen_tokens = args.stage != "tokenizer" and not args.shift_aug  # augmented frames are encoded each step
+    # augmented frames, and frames seen by an encoder in training, are encoded each step
+    frozen_tokens = args.stage != "tokenizer" and not args.shift_aug and not (args.stage == "finetune" and args.encoder_lr)
     train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats, tokens_from=model if frozen_tokens else None)
     if args.stage == "finetune" and resume is None:
         dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]))
@@ -90,7 +91,8 @@ def prepare_model(args: TrainArgs, device: torch.device):
 def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_set, stage_dir: Path,
                     rank: int) -> tuple[nn.Module, list[nn.Parameter]]:
     """What the stage minimises and the parameters it trains: the tokenizer's reconstruction (with the
-    foreground weighting) in the tokenizer stage, else the model's own losses with the tokenizer frozen."""
+    foreground weighting) in the tokenizer stage, else the model's own losses with the tokenizer frozen
+    (but for its encoder with ``--encoder-lr``, see :func:`encoder_parameters`)."""
     if args.stage == "tokenizer":
         parts = getattr(train_set, "datasets", [train_set])  # a ConcatDataset when several data sources
         background = background_frame([d.frames for d in parts]) if args.fg_weight > 0 else None
@@ -99,7 +101,17 @@ def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_s
         return TokenizerObjective(model, background, args.fg_weight), list(model.frame_tokenizer.parameters())
     for p in model.frame_tokenizer.parameters():
         p.requires_grad_(False)
+    for p in encoder_parameters(args, model):
+        p.requires_grad_(True)
     return model, [p for p in model.parameters() if p.requires_grad]
+
+
+def encoder_parameters(args: TrainArgs, model: PhysicalAutoregressiveModel) -> list[nn.Parameter]:
+    """The frame encoder's parameters that fine-tuning trains at ``--encoder-lr`` (none when 0): the
+    action loss then reaches perception. The decoder stays frozen; frames are encoded every step."""
+    if args.stage != "finetune" or not args.encoder_lr:
+        return []
+    return list(model.frame_tokenizer.encoder_parameters())
 
 
 def make_loader(args: TrainArgs, train_set, rank: int, world: int, step: int, device: torch.device,
@@ -161,7 +173,9 @@ def train(args: TrainArgs) -> dict:
 
     model, train_set, val_sets, resume, note = prepare_model(args, device)
     objective, params = stage_objective(args, model, train_set, stage_dir, rank)
-    opt, sched = make_optimizer(params, args.learning_rate, args.weight_decay, args.warmup, args.steps)
+    slow = {id(p) for p in encoder_parameters(args, model)}
+    opt, sched = make_optimizer([p for p in params if id(p) not in slow], args.learning_rate, args.weight_decay,
+                                args.warmup, args.steps, [p for p in params if id(p) in slow], args.encoder_lr)
     ema = make_ema(model, args.ema)
     step = 0
     if resume is not None:

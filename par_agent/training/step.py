@@ -11,14 +11,18 @@ from par_agent.models import PhysicalAutoregressiveModel
 from par_agent.training.checkpoints import trainable
 
 
-def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, warmup: int, steps: int):
-    """AdamW (no decay on biases and norms) and diffusers' cosine schedule with warm-up, as par-train uses."""
+def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, warmup: int, steps: int,
+                   slow_params: list[nn.Parameter] = (), slow_lr: float = 0.0):
+    """AdamW (no decay on biases and norms) and diffusers' cosine schedule with warm-up, as par-train uses.
+    ``slow_params`` (e.g. the frame encoder fine-tuned with the policy) train at ``slow_lr`` on the same schedule."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    def groups(ps, group_lr: float) -> list[dict]:
+        return [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": weight_decay, "lr": group_lr},
+                {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0, "lr": group_lr}]
+
+    slow = groups(list(slow_params), slow_lr) if len(slow_params) else []
+    opt = torch.optim.AdamW(groups(params, lr) + slow, lr=lr, betas=(0.9, 0.95))
     return opt, get_cosine_schedule_with_warmup(opt, min(warmup, steps // 10 + 1), steps)
 
 
