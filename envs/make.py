@@ -32,7 +32,10 @@ def sensor_configs(camera_size: int, camera_fov: Optional[float | dict[str, floa
     ``{camera: fov}`` for the cameras named (the others keep the task's). The tasks' ``base_camera``
     has pi/2; a narrower one, from the same pose, frames the workspace and gives the cubes more pixels
     at the same frame size. ``extra`` is merged last."""
-    fovs = camera_fov if isinstance(camera_fov, dict) else {} if camera_fov is None else dict.fromkeys(cameras, camera_fov)
+    if isinstance(camera_fov, dict):
+        fovs = camera_fov
+    else:
+        fovs = {} if camera_fov is None else dict.fromkeys(cameras, camera_fov)
     for cam, fov in fovs.items():
         if isinstance(fov, bool) or not isinstance(fov, (int, float)) or not 0 < fov < 3.14:
             raise ValueError(f"camera_fov must be in radians, between 0 and pi, got {fov!r} for {cam}")

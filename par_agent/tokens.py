@@ -101,7 +101,8 @@ class PhysicalTokenObservation(gym.ObservationWrapper):
         if (h, w) != (s, n * s):
             raise ValueError(
                 f"the frame tokenizer takes {s}x{n * s} frames ({n} camera(s) of {s}x{s}) but the env gives "
-                f"{h}x{w} (HxW); make the env with camera_size={s} and {n} camera(s), or use a tokenizer trained at {h}x{w}"
+                f"{h}x{w} (HxW); make the env with camera_size={s} and {n} camera(s), or use a tokenizer "
+                f"trained at {h}x{w}"
             )
         d = state.shape[-1]
         if self.state_norm is not None and self.state_norm.dim != d:

@@ -125,7 +125,8 @@ class FrameHead(nn.Module):
 
     def prepare(self, cond_tokens: torch.Tensor, cond_global: torch.Tensor) -> dict:
         """Project the conditioning once per sample (it does not change across steps)."""
-        return {"tok": self.cond_tokens(cond_tokens) + frame_positions(self.pos, self.camera_pos), "glob": self.cond_global(cond_global)}
+        tok = self.cond_tokens(cond_tokens) + frame_positions(self.pos, self.camera_pos)
+        return {"tok": tok, "glob": self.cond_global(cond_global)}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         """x: (N, P, token_dim) noisy latents; t: (N,) timesteps -> (N, P, token_dim)."""

@@ -129,7 +129,8 @@ class PhysicalAutoregressiveModel(nn.Module):
     # ------------------------------------------------------------------ embeddings
     def embed_frames(self, tokens: torch.Tensor) -> torch.Tensor:
         """(..., P, C) frame tokens -> (..., P, D)."""
-        return self.frame_in(tokens) + frame_positions(self.frame_pos, self.camera_pos) + self.kind_emb.weight[Kind.FRAME]
+        pos = frame_positions(self.frame_pos, self.camera_pos)
+        return self.frame_in(tokens) + pos + self.kind_emb.weight[Kind.FRAME]
 
     def embed_state(self, state: torch.Tensor) -> torch.Tensor:
         """(..., Ds) raw state -> (..., 1, D)."""

@@ -125,8 +125,8 @@ class FrameTokenizer(nn.Module):
     def loss(self, frames: torch.Tensor, kl_weight: float = 1e-6, grad_weight: float = 0.5,
              background: torch.Tensor | None = None, fg_weight: float = 0.0,
              fg_threshold: float = 0.1) -> dict[str, torch.Tensor]:
-        """Autoencoder training loss on uint8 frames (N, H, n*H, 3), each camera's image on its own: L1 + MSE reconstruction, an
-        image-gradient term (a cheap stand-in for a perceptual loss that keeps edges sharp; LPIPS
+        """Autoencoder training loss on uint8 frames (N, H, n*H, 3), each camera's image on its own:
+        L1 + MSE reconstruction, an image-gradient term (a cheap stand-in for a perceptual loss that keeps edges sharp; LPIPS
         would need downloaded weights) and a small KL term. Returns ``loss``, and the unweighted
         ``l1`` and ``mse`` (for logs) and ``kl``.
 

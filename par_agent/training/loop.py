@@ -77,7 +77,7 @@ def prepare_model(args: TrainArgs, device: torch.device):
     stats = get_dataset_stats(model.action_norm, model.state_norm) if args.stage == "finetune" and resume else None
     args = dataclasses.replace(args, cameras=stage_cameras(args, model.cfg))
     # augmented frames, and frames seen by an encoder in training, are encoded each step
-    frozen_tokens = args.stage != "tokenizer" and not args.shift_aug and not (args.stage == "finetune" and args.encoder_lr)
+    frozen_tokens = args.stage != "tokenizer" and not args.shift_aug and not encoder_parameters(args, model)
     train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats, tokens_from=model if frozen_tokens else None)
     if args.stage == "finetune" and resume is None:
         dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]))
@@ -119,9 +119,9 @@ def make_loader(args: TrainArgs, train_set, rank: int, world: int, step: int, de
     """Endless sampling with replacement (one process), or DDP's sharded epochs."""
     sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else \
         RandomSampler(train_set, replacement=True, num_samples=10**9, generator=torch.Generator().manual_seed(args.seed + step))
+    shifted = functools.partial(shift_collate, pad=args.shift_aug, num_cameras=num_cameras) if args.shift_aug else None
     return DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                      collate_fn=frames_collate if args.stage == "tokenizer" else
-                      functools.partial(shift_collate, pad=args.shift_aug, num_cameras=num_cameras) if args.shift_aug else None,
+                      collate_fn=frames_collate if args.stage == "tokenizer" else shifted,
                       drop_last=True, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
 
 
