@@ -126,8 +126,8 @@ class FrameTokenizer(nn.Module):
              background: torch.Tensor | None = None, fg_weight: float = 0.0,
              fg_threshold: float = 0.1) -> dict[str, torch.Tensor]:
         """Autoencoder training loss on uint8 frames (N, H, n*H, 3), each camera's image on its own:
-        L1 + MSE reconstruction, an image-gradient term (a cheap stand-in for a perceptual loss that keeps edges sharp; LPIPS
-        would need downloaded weights) and a small KL term. Returns ``loss``, and the unweighted
+        L1 + MSE reconstruction, an image-gradient term (a cheap stand-in for a perceptual loss that
+        keeps edges sharp; LPIPS would need downloaded weights) and a small KL term. Returns ``loss``, and the unweighted
         ``l1`` and ``mse`` (for logs) and ``kl``.
 
         Foreground weighting: with a ``background`` frame (H, n*H, 3) uint8 (the static scene, see
