@@ -8,6 +8,9 @@ always uses ``seeds[j]`` whatever the number of envs. Success is ManiSkill's ``i
 at any step. The default seeds, ``DEFAULT_SEED_START + j``, are far above the seeds
 ``par-collect`` uses for demonstrations (0, 1, 2, ...), so no evaluation episode was a
 training demo.
+
+With ``--out``, every finished episode is also appended to ``OUT.episodes.jsonl``; re-running the same
+command after an interruption runs only the seeds not in it, and the finished report replaces it.
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ import argparse
 import json
 import math
 import sys
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -53,10 +57,45 @@ def parse_seeds(text: str | None, n: int) -> list[int]:
     return seeds
 
 
+class EpisodeLog:
+    """Finished episodes of a ``par-eval`` run, one JSON line each after a header naming the run, so that
+    an interrupted evaluation resumes where it stopped. A log written for another run (other policy,
+    seeds or settings) is an error that names both, and is left as it is."""
+
+    def __init__(self, path: str | Path, header: dict) -> None:
+        self.path, self.header = Path(path), json.loads(json.dumps(header))
+        self.finished: list[dict] = []
+        if self.path.is_file():
+            lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            if not lines or lines[0] != {"run": self.header}:
+                raise ValueError(f"{self.path} holds episodes of another evaluation ({lines[0] if lines else 'empty'}; "
+                                 f"this one is {self.header}); delete it or write the report elsewhere")
+            self.finished = lines[1:]
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._append({"run": self.header})
+
+    def _append(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def add(self, episode: dict) -> None:
+        self._append(episode)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode_steps: int | None = None,
              videos: int = 0, video_dir: str | Path | None = None, deterministic: bool = True,
-             vec_env_cls: str = "dummy", progress: bool = True, **env_overrides: Any) -> dict[str, Any]:
+             vec_env_cls: str = "dummy", progress: bool = True, finished: Sequence[dict] = (),
+             on_episode: Callable[[dict], None] | None = None, **env_overrides: Any) -> dict[str, Any]:
     """Run one episode per seed; returns the report (see module docstring).
+
+    ``finished``: per-seed results of episodes already run (an interrupted run's), kept in the report
+    and not run again; ``on_episode`` is called with each new episode's result as it finishes.
 
     ``policy`` is any object with SB3's ``predict(obs, state, episode_start, deterministic)``;
     a :class:`PARPolicy` also supplies its predicted frames for the videos and the env it was
@@ -69,14 +108,18 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
     env_kwargs = {**getattr(policy, "env_kwargs", {}), **{k: v for k, v in env_overrides.items() if v is not None}}
     recorded_steps = env_kwargs.pop("max_episode_steps", None)
     max_steps = max_episode_steps or recorded_steps or default_max_episode_steps(task)
-    num_envs = max(1, min(num_envs, len(seeds)))
-    vec = make_vec_env(task, num_envs, seed=seeds[0], vec_env_cls=vec_env_cls, max_episode_steps=max_steps,
-                       **env_kwargs)
+    done_by_seed = {r["seed"]: r for r in finished}
+    results: dict[int, dict] = {j: done_by_seed[s] for j, s in enumerate(seeds) if s in done_by_seed}
+    queue = [(j, s) for j, s in enumerate(seeds) if j not in results]
+    finished_here = list(results.values())
     t_start = time.time()
-    queue = list(enumerate(seeds))
+    if not queue:
+        return _report(task, results, env_kwargs, max_steps, 0, vec_env_cls, t_start, 0.0, 0, deterministic)
+    num_envs = max(1, min(num_envs, len(queue)))
+    vec = make_vec_env(task, num_envs, seed=queue[0][1], vec_env_cls=vec_env_cls, max_episode_steps=max_steps,
+                       **env_kwargs)
     slot: list[tuple[int, int] | None] = [None] * num_envs  # (episode index, seed) per env
     obs = vec.reset()
-    results: dict[int, dict] = {}
     recorders: dict[int, Any] = {}
     policy_time, control_steps = 0.0, 0
 
@@ -97,8 +140,8 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
     for i in range(num_envs):
         start(i)
     episode_start = np.ones(num_envs, dtype=bool)
-    bar = tqdm(total=len(seeds), desc=f"eval {task}", disable=not progress)
-    n_done = n_success = 0
+    n_done, n_success = len(finished_here), sum(r["success"] for r in finished_here)
+    bar = tqdm(total=len(seeds), initial=n_done, desc=f"eval {task}", disable=not progress)
     while any(s is not None for s in slot):
         t0 = time.perf_counter()
         actions, _ = policy.predict(obs, episode_start=episode_start, deterministic=deterministic)
@@ -128,6 +171,8 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
                     if final is not None:
                         recorders[j].add(final, None, step=r["length"], success=r["success"])
                     r["video"] = str(recorders.pop(j).close_episode(success=r["success"]))
+                if on_episode is not None:
+                    on_episode(r)
                 n_done += 1
                 n_success += r["success"]
                 bar.update(1)
@@ -136,6 +181,14 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
                 episode_start[i] = True
     bar.close()
     vec.close()
+    return _report(task, results, env_kwargs, max_steps, num_envs, vec_env_cls, t_start, policy_time,
+                   control_steps, deterministic)
+
+
+def _report(task: str, results: dict[int, dict], env_kwargs: dict, max_steps: int, num_envs: int,
+            vec_env_cls: str, t_start: float, policy_time: float, control_steps: int,
+            deterministic: bool) -> dict[str, Any]:
+    """The report of per-episode ``results`` (episode index -> result)."""
     n = len(results)
     succ = sum(r["success"] for r in results.values())
     lo, hi = wilson_ci95(succ, n)
@@ -158,6 +211,29 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
     }
 
 
+def evaluate_to(out: str | Path | None, run_id: dict, extra: dict, policy, task: str, seeds: list[int],
+                progress: bool = True, **kwargs: Any) -> dict[str, Any]:
+    """:func:`evaluate`, resumable: with ``out``, episodes are logged to ``OUT.episodes.jsonl`` as they
+    finish (``run_id`` names the run: the settings that decide each episode's outcome), a re-run with
+    the same ``run_id`` runs only the missing seeds, and the report (with ``extra`` merged in and
+    ``resumed_episodes``, those run before the interruption, whose time ``wall_time_s`` leaves out)
+    is written whole to ``out``, then the log removed."""
+    log = EpisodeLog(f"{out}.episodes.jsonl", run_id) if out else None
+    if log is not None and log.finished and progress:
+        print(f"resuming: {len(log.finished)} of {len(seeds)} episodes already in {log.path}", file=sys.stderr)
+    report = evaluate(policy, task, seeds, progress=progress, finished=log.finished if log else (),
+                      on_episode=log.add if log else None, **kwargs)
+    report.update(extra, resumed_episodes=len(log.finished) if log else 0)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        os.replace(tmp, path)  # the whole report or none
+        log.remove()
+    return report
+
+
 def run(argv: list[str] | None = None) -> dict:
     """``par-eval`` with arguments; returns the report."""
     p = argparse.ArgumentParser(prog="par-eval", description=__doc__.split("\n\n")[0],
@@ -171,7 +247,8 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-episode-steps", type=int, default=None)
     p.add_argument("--videos", type=int, default=0, help="record the first M episodes")
     p.add_argument("--video-dir", default="outputs/eval_videos")
-    p.add_argument("--out", default=None, help="write the JSON report here")
+    p.add_argument("--out", default=None, help="write the JSON report here (episodes go to OUT.episodes.jsonl as they "
+                                               "finish; the same command resumes an interrupted run)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of the policy (default 1: a policy call is small, and more threads fight "
@@ -198,17 +275,19 @@ def run(argv: list[str] | None = None) -> dict:
                                        action_horizon=a.action_horizon, **overrides)
     task = a.task or policy.task
     seeds = parse_seeds(a.seeds, a.episodes)  # an explicit --seeds list sets the number of episodes
-    report = evaluate(policy, task, seeds, num_envs=a.num_envs, max_episode_steps=a.max_episode_steps,
-                      videos=a.videos, video_dir=a.video_dir, deterministic=not a.stochastic, vec_env_cls=a.vec,
-                      progress=not a.no_progress, obs_mode=a.obs_mode)
-    report["policy"] = {"name": a.policy, "num_inference_steps": policy.model.num_inference_steps,
-                        "use_kv_cache": policy.model.use_kv_cache, "chunk_size": policy.cfg.chunk_size,
-                        "action_horizon": policy.action_horizon, "history": policy.cfg.history,
-                        "device": a.device, "threads": a.threads}
-    text = json.dumps(report, indent=2)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+    info = {"name": a.policy, "num_inference_steps": policy.model.num_inference_steps,
+            "use_kv_cache": policy.model.use_kv_cache, "chunk_size": policy.cfg.chunk_size,
+            "action_horizon": policy.action_horizon, "history": policy.cfg.history,
+            "device": a.device, "threads": a.threads}
+    # what decides each episode's outcome: a log of another run is not resumed
+    run_id = {"policy": a.policy, "task": task, "seeds": seeds, "num_envs": a.num_envs, "vec": a.vec,
+              "max_episode_steps": a.max_episode_steps, "threads": a.threads, "device": a.device,
+              "overrides": overrides, "action_horizon": a.action_horizon, "stochastic": a.stochastic,
+              "obs_mode": a.obs_mode}
+    report = evaluate_to(a.out, run_id, {"policy": info}, policy, task, seeds, num_envs=a.num_envs,
+                         max_episode_steps=a.max_episode_steps, videos=a.videos, video_dir=a.video_dir,
+                         deterministic=not a.stochastic, vec_env_cls=a.vec, progress=not a.no_progress,
+                         obs_mode=a.obs_mode)
     lo, hi = report["ci95"]
     print(f"{task}: success {report['success_rate']:.1%} over {report['n_episodes']} episodes "
           f"(95% CI {lo:.1%}-{hi:.1%}); mean length {report['mean_episode_length']:.1f}; "

@@ -102,6 +102,45 @@ def test_par_eval_report(trained_run, tmp_path):
     assert r["env"]["camera_size"] == 128 and r["env"]["max_episode_steps"] == 4
 
 
+def test_interrupted_par_eval_resumes_where_it_stopped(trained_run, tmp_path, monkeypatch):
+    """Episodes are logged as they finish; the same command after an interruption runs only the rest, and
+    the report equals an uninterrupted run's. Another run's log is refused and left as it is."""
+    from par_agent import evaluate as E
+
+    args = ["--policy", str(trained_run / "finetune" / "final"), "--task", "PushCube-v1", "--episodes", "3",
+            "--num-envs", "1", "--max-episode-steps", "3", "--no-progress"]
+    whole = E.run(args + ["--out", str(tmp_path / "whole.json")])
+    out = tmp_path / "cut.json"
+    real_add = E.EpisodeLog.add
+
+    def add_then_die(self, episode):
+        real_add(self, episode)
+        if len(self.path.read_text().splitlines()) == 3:  # the header and two episodes
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(E.EpisodeLog, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        E.run(args + ["--out", str(out)])
+    log = tmp_path / "cut.json.episodes.jsonl"
+    assert not out.exists() and len(log.read_text().splitlines()) == 3
+    monkeypatch.setattr(E.EpisodeLog, "add", real_add)
+    ran = []
+    monkeypatch.setattr(E.EpisodeLog, "add", lambda self, ep: ran.append(ep["seed"]) or real_add(self, ep))
+    resumed = E.run(args + ["--out", str(out)])
+    assert ran == [1_000_002] and resumed["resumed_episodes"] == 2
+    assert resumed["per_seed"] == whole["per_seed"] and not log.exists()
+    assert json.loads(out.read_text())["per_seed"] == whole["per_seed"]
+    # a log written by another evaluation (here: other seeds) is an error, and stays
+    other = tmp_path / "other.json"
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(E.EpisodeLog, "add", add_then_die)
+        E.run(args + ["--out", str(other)])
+    before = (tmp_path / "other.json.episodes.jsonl").read_text()
+    with pytest.raises(ValueError, match="another evaluation"):
+        E.run(args + ["--seeds", "5-7", "--out", str(other)])
+    assert (tmp_path / "other.json.episodes.jsonl").read_text() == before
+
+
 def test_kill_after_checkpoint_then_resume(pushcube_demos, tmp_path, monkeypatch):
     import par_agent.training.loop as T
 

@@ -133,19 +133,17 @@ def train(a: argparse.Namespace) -> Path:
 
 
 def evaluate_cli(a: argparse.Namespace) -> dict:
-    from par_agent.evaluate import evaluate, parse_seeds
+    from par_agent.evaluate import evaluate_to, parse_seeds
 
     policy = DPPolicy.from_pretrained(a.policy, num_threads=a.threads)
     task = a.task or policy.task
-    report = evaluate(policy, task, parse_seeds(a.seeds, a.episodes), num_envs=a.num_envs, videos=a.videos,
-                      max_episode_steps=a.max_episode_steps,
-                      video_dir=a.video_dir, progress=not a.no_progress)
-    report["policy"] = {"name": "diffusion_policy", "path": str(a.policy), "threads": a.threads,
-                        **{k: getattr(policy.cfg, k) for k in ("obs_horizon", "pred_horizon", "act_horizon",
-                                                                "num_inference_steps")}}
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+    seeds = parse_seeds(a.seeds, a.episodes)
+    info = {"name": "diffusion_policy", "path": str(a.policy), "threads": a.threads,
+            **{k: getattr(policy.cfg, k) for k in ("obs_horizon", "pred_horizon", "act_horizon", "num_inference_steps")}}
+    run_id = {"policy": str(a.policy), "task": task, "seeds": seeds, "num_envs": a.num_envs, "threads": a.threads,
+              "max_episode_steps": a.max_episode_steps}
+    report = evaluate_to(a.out, run_id, {"policy": info}, policy, task, seeds, num_envs=a.num_envs, videos=a.videos,
+                         max_episode_steps=a.max_episode_steps, video_dir=a.video_dir, progress=not a.no_progress)
     lo, hi = report["ci95"]
     print(f"{task}: success {report['success_rate']:.1%} over {report['n_episodes']} episodes (95% CI {lo:.1%}-{hi:.1%}); "
           + ", ".join(f"{k} {v:.0%}" for k, v in report["subgoal_rates"].items()), file=sys.stderr)
