@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,10 +66,21 @@ class EpisodeLog:
         self.path, self.header = Path(path), json.loads(json.dumps(header))
         self.finished: list[dict] = []
         if self.path.is_file():
-            lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            text = self.path.read_text().splitlines()
+            lines = []
+            for n, line in enumerate(text):
+                try:
+                    lines.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if n < len(text) - 1:
+                        raise ValueError(f"{self.path}: line {n + 1} is not JSON; delete the file to start over")
             if not lines or lines[0] != {"run": self.header}:
                 raise ValueError(f"{self.path} holds episodes of another evaluation ({lines[0] if lines else 'empty'}; "
                                  f"this one is {self.header}); delete it or write the report elsewhere")
+            if len(lines) < len(text):  # the last line was cut by the interruption: that episode runs again
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
+                os.replace(tmp, self.path)
             self.finished = lines[1:]
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,9 +124,9 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
     queue = [(j, s) for j, s in enumerate(seeds) if j not in results]
     finished_here = list(results.values())
     t_start = time.time()
+    num_envs = max(1, min(num_envs, len(queue) or len(seeds)))
     if not queue:
-        return _report(task, results, env_kwargs, max_steps, 0, vec_env_cls, t_start, 0.0, 0, deterministic)
-    num_envs = max(1, min(num_envs, len(queue)))
+        return _report(task, results, env_kwargs, max_steps, num_envs, vec_env_cls, t_start, 0.0, 0, deterministic)
     vec = make_vec_env(task, num_envs, seed=queue[0][1], vec_env_cls=vec_env_cls, max_episode_steps=max_steps,
                        **env_kwargs)
     slot: list[tuple[int, int] | None] = [None] * num_envs  # (episode index, seed) per env

@@ -123,6 +123,8 @@ def test_interrupted_par_eval_resumes_where_it_stopped(trained_run, tmp_path, mo
         E.run(args + ["--out", str(out)])
     log = tmp_path / "cut.json.episodes.jsonl"
     assert not out.exists() and len(log.read_text().splitlines()) == 3
+    with log.open("a") as f:  # a line cut by the interruption: dropped, its episode runs again
+        f.write('{"seed": 1000002, "succ')
     monkeypatch.setattr(E.EpisodeLog, "add", real_add)
     ran = []
     monkeypatch.setattr(E.EpisodeLog, "add", lambda self, ep: ran.append(ep["seed"]) or real_add(self, ep))
