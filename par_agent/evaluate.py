@@ -57,6 +57,13 @@ def parse_seeds(text: str | None, n: int) -> list[int]:
     return seeds
 
 
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class EpisodeLog:
     """Finished episodes of a ``par-eval`` run, one JSON line each after a header naming the run, so that
     an interrupted evaluation resumes where it stopped. A log written for another run (other policy,
@@ -78,22 +85,18 @@ class EpisodeLog:
                 raise ValueError(f"{self.path} holds episodes of another evaluation ({lines[0] if lines else 'empty'}; "
                                  f"this one is {self.header}); delete it or write the report elsewhere")
             if len(lines) < len(text):  # the last line was cut by the interruption: that episode runs again
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
-                os.replace(tmp, self.path)
+                _replace_text(self.path, "".join(json.dumps(r) + "\n" for r in lines))
             self.finished = lines[1:]
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append({"run": self.header})
+            self.add({"run": self.header})
 
-    def _append(self, record: dict) -> None:
+    def add(self, record: dict) -> None:
+        """Append one record (a finished episode) and make it durable before returning."""
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-    def add(self, episode: dict) -> None:
-        self._append(episode)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -122,7 +125,7 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
     done_by_seed = {r["seed"]: r for r in finished}
     results: dict[int, dict] = {j: done_by_seed[s] for j, s in enumerate(seeds) if s in done_by_seed}
     queue = [(j, s) for j, s in enumerate(seeds) if j not in results]
-    finished_here = list(results.values())
+    n_done, n_success = len(results), sum(r["success"] for r in results.values())
     t_start = time.time()
     num_envs = max(1, min(num_envs, len(queue) or len(seeds)))
     if not queue:
@@ -151,7 +154,6 @@ def evaluate(policy, task: str, seeds: list[int], num_envs: int = 1, max_episode
     for i in range(num_envs):
         start(i)
     episode_start = np.ones(num_envs, dtype=bool)
-    n_done, n_success = len(finished_here), sum(r["success"] for r in finished_here)
     bar = tqdm(total=len(seeds), initial=n_done, desc=f"eval {task}", disable=not progress)
     while any(s is not None for s in slot):
         t0 = time.perf_counter()
@@ -236,11 +238,8 @@ def evaluate_to(out: str | Path | None, run_id: dict, extra: dict, policy, task:
                       on_episode=log.add if log else None, **kwargs)
     report.update(extra, resumed_episodes=len(log.finished) if log else 0)
     if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, path)  # the whole report or none
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        _replace_text(Path(out), json.dumps(report, indent=2) + "\n")
         log.remove()
     return report
 

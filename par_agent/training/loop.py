@@ -89,21 +89,24 @@ def prepare_model(args: TrainArgs, device: torch.device):
 
 
 def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_set, stage_dir: Path,
-                    rank: int) -> tuple[nn.Module, list[nn.Parameter]]:
-    """What the stage minimises and the parameters it trains: the tokenizer's reconstruction (with the
-    foreground weighting) in the tokenizer stage, else the model's own losses with the tokenizer frozen
-    (but for its encoder with ``--encoder-lr``, see :func:`encoder_parameters`)."""
+                    rank: int) -> tuple[nn.Module, list[nn.Parameter], list[nn.Parameter]]:
+    """What the stage minimises and the parameters it trains, at the stage's learning rate and at
+    ``--encoder-lr``: the tokenizer's reconstruction (with the foreground weighting) in the tokenizer
+    stage, else the model's own losses with the tokenizer frozen (but for its encoder with
+    ``--encoder-lr``, see :func:`encoder_parameters`)."""
     if args.stage == "tokenizer":
         parts = getattr(train_set, "datasets", [train_set])  # a ConcatDataset when several data sources
         background = background_frame([d.frames for d in parts]) if args.fg_weight > 0 else None
         if background is not None and rank == 0:  # what the weighting treats as the static scene
             imageio.imwrite(stage_dir / "background.png", background.numpy())
-        return TokenizerObjective(model, background, args.fg_weight), list(model.frame_tokenizer.parameters())
+        return TokenizerObjective(model, background, args.fg_weight), list(model.frame_tokenizer.parameters()), []
     for p in model.frame_tokenizer.parameters():
         p.requires_grad_(False)
-    for p in encoder_parameters(args, model):
+    encoder = encoder_parameters(args, model)
+    for p in encoder:
         p.requires_grad_(True)
-    return model, [p for p in model.parameters() if p.requires_grad]
+    slow = {id(p) for p in encoder}
+    return model, [p for p in model.parameters() if p.requires_grad and id(p) not in slow], encoder
 
 
 def encoder_parameters(args: TrainArgs, model: PhysicalAutoregressiveModel) -> list[nn.Parameter]:
@@ -172,10 +175,9 @@ def train(args: TrainArgs) -> dict:
     np.random.seed(args.seed + rank)
 
     model, train_set, val_sets, resume, note = prepare_model(args, device)
-    objective, params = stage_objective(args, model, train_set, stage_dir, rank)
-    slow = {id(p) for p in encoder_parameters(args, model)}
-    opt, sched = make_optimizer([p for p in params if id(p) not in slow], args.learning_rate, args.weight_decay,
-                                args.warmup, args.steps, [p for p in params if id(p) in slow], args.encoder_lr)
+    objective, params, encoder = stage_objective(args, model, train_set, stage_dir, rank)
+    opt, sched = make_optimizer(params, args.learning_rate, args.weight_decay, args.warmup, args.steps,
+                                encoder, args.encoder_lr)
     ema = make_ema(model, args.ema)
     step = 0
     if resume is not None:
