@@ -42,6 +42,16 @@ def test_a_one_camera_model_starts_a_two_camera_one_with_its_weights_in_each_pla
     assert two.camera_pos.grad is not None and two.camera_pos.grad.abs().sum() > 0
 
 
+def test_a_two_camera_model_without_camera_names_asks_for_them():
+    from par_agent.training.args import TrainArgs
+    from par_agent.training.model import stage_cameras
+
+    cfg = tiny_model(num_cameras=2).cfg  # e.g. a one-camera checkpoint adapted to two cameras by hand
+    with pytest.raises(ValueError, match="--cameras base_camera hand_camera"):
+        stage_cameras(TrainArgs(stage="pretrain-video", data=("d",), out="o"), cfg)
+    assert stage_cameras(TrainArgs(stage="pretrain-video", data=("d",), out="o", cameras=tuple(CAMS)), cfg) == tuple(CAMS)
+
+
 def test_config_rejects_env_cameras_that_disagree_with_num_cameras():
     from par_agent.config import PARConfig
 
@@ -80,10 +90,10 @@ def test_train_stages_with_two_cameras(pushcube_demos, tmp_path):
 
     data, out = with_hand_camera(pushcube_demos, tmp_path / "data"), tmp_path / "run"
     train_main(["tokenizer", "--data", str(data), "--out", str(out), "--steps", "2", "--cameras", *CAMS, *TINY])
-    with pytest.raises(ValueError, match="--cameras"):  # a two-camera model read alone must be told which
-        train_main(["pretrain-video", "--data", str(data), "--out", str(out), "--steps", "1", *TINY])
-    train_main(["pretrain-video", "--data", str(data), "--out", str(out), "--steps", "2", "--cameras", *CAMS, *TINY])
-    train_main(["finetune", "--data", str(data), "--out", str(out), "--steps", "2", "--cameras", *CAMS, *TINY])
+    # the names are recorded from the first stage, so the later stages read the same cameras unasked
+    assert PhysicalAutoregressiveModel.from_pretrained(out / "tokenizer" / "final").cfg.env_kwargs == {"cameras": CAMS}
+    train_main(["pretrain-video", "--data", str(data), "--out", str(out), "--steps", "2", *TINY])
+    train_main(["finetune", "--data", str(data), "--out", str(out), "--steps", "2", *TINY])
     m = PhysicalAutoregressiveModel.from_pretrained(out / "finetune" / "final")
     assert m.cfg.num_cameras == 2 and m.cfg.env_kwargs["cameras"] == CAMS
     summary = json.loads((out / "finetune" / "summary.json").read_text())

@@ -76,6 +76,9 @@ def prepare_model(args: TrainArgs, device: torch.device):
     model.to(device)  # the frozen tokenizer encodes the dataset on the training device
     stats = get_dataset_stats(model.action_norm, model.state_norm) if args.stage == "finetune" and resume else None
     args = dataclasses.replace(args, cameras=stage_cameras(args, model.cfg))
+    if args.stage != "finetune" and resume is None and model.cfg.num_cameras > 1:
+        # the camera names travel with the model from its first stage, so later stages need no --cameras
+        model, _ = adapt_model(model, env_kwargs={"cameras": list(args.cameras)})
     # augmented frames, and frames seen by an encoder in training, are encoded each step
     frozen_tokens = args.stage != "tokenizer" and not args.shift_aug and not encoder_parameters(args, model)
     train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats, tokens_from=model if frozen_tokens else None)
