@@ -26,6 +26,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from par_agent.atomic import replace_text
+
 DEFAULT_SEED_START = 1_000_000
 
 
@@ -57,13 +59,6 @@ def parse_seeds(text: str | None, n: int) -> list[int]:
     return seeds
 
 
-def _replace_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a temporary file renamed over it)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class EpisodeLog:
     """Finished episodes of a ``par-eval`` run, one JSON line each after a header naming the run, so that
     an interrupted evaluation resumes where it stopped. A log written for another run (other policy,
@@ -85,7 +80,7 @@ class EpisodeLog:
                 raise ValueError(f"{self.path} holds episodes of another evaluation ({lines[0] if lines else 'empty'}; "
                                  f"this one is {self.header}); delete it or write the report elsewhere")
             if len(lines) < len(text):  # the last line was cut by the interruption: that episode runs again
-                _replace_text(self.path, "".join(json.dumps(r) + "\n" for r in lines))
+                replace_text(self.path, "".join(json.dumps(r) + "\n" for r in lines))
             self.finished = lines[1:]
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +234,7 @@ def evaluate_to(out: str | Path | None, run_id: dict, extra: dict, policy, task:
     report.update(extra, resumed_episodes=len(log.finished) if log else 0)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        _replace_text(Path(out), json.dumps(report, indent=2) + "\n")
+        replace_text(Path(out), json.dumps(report, indent=2) + "\n")
         log.remove()
     return report
 

@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from par_agent.atomic import atomic_file
 from par_agent.config import PARConfig
 
 CONFIG_NAME = "config.json"
@@ -77,12 +78,10 @@ def save_checkpoint(model: torch.nn.Module, cfg: PARConfig, folder: str | os.Pat
     meta = {"format": "pt", "par_agent": "1"}
     if extra:
         meta["extra"] = json.dumps(extra)
-    tmp = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, folder / WEIGHTS_NAME)
-    tmp = folder / (CONFIG_NAME + ".tmp")
-    cfg.to_json(tmp)
-    os.replace(tmp, folder / CONFIG_NAME)
+    with atomic_file(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    with atomic_file(folder / CONFIG_NAME) as tmp:
+        cfg.to_json(tmp)
     return folder
 
 

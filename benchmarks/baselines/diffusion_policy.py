@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.baselines.dp_model import DiffusionPolicyNet, DPConfig
-from benchmarks.baselines.dp_policy import DPPolicy, atomic_folder, make_scheduler, save_policy
+from benchmarks.baselines.dp_policy import DPPolicy, make_scheduler, save_policy
+from par_agent.atomic import atomic_folder
 
 
 def hold_still(actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

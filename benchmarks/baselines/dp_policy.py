@@ -12,9 +12,7 @@ observation on (ManiSkill's recipe).
 from __future__ import annotations
 
 import json
-import shutil
 from collections import deque
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from benchmarks.baselines.dp_model import DiffusionPolicyNet, DPConfig
+from par_agent.atomic import atomic_folder
 from par_agent.policy import torch_threads
 
 
@@ -121,17 +120,6 @@ class DPPolicy:
                 self.queues[i].extend(acts[row, first:first + self.cfg.act_horizon])
         out = np.stack([self.queues[i].popleft() for i in range(n)]).astype(np.float32)
         return (out if batched else out[0]), state
-
-
-@contextmanager
-def atomic_folder(folder: Path):
-    """Yield ``folder.tmp`` to write into; once the block ends without error it replaces ``folder``."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
 
 
 def save_policy(net: DiffusionPolicyNet, folder: str | Path) -> Path:

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from envs import gym_make
+from par_agent.atomic import atomic_file, replace_text
 from par_agent.data.compact import load_episodes_json, open_h5, read_group
 from par_agent.data.dataset import demo_h5_files
 
@@ -85,9 +86,8 @@ def convert(src: Path, dst: Path, atol: float = 1e-4, progress: bool = True) -> 
                    control_mode=kwargs.get("control_mode", "pd_joint_pos"))
     seeds = {f"traj_{e['episode_id']}": e.get("episode_seed") for e in meta.get("episodes", [])}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
     added: set[str] = set()
-    with open_h5(src) as fin, h5py.File(tmp, "w") as fout:
+    with atomic_file(dst) as tmp, open_h5(src) as fin, h5py.File(tmp, "w") as fout:
         names = sorted((k for k in fin.keys() if k.startswith("traj_")), key=lambda k: int(k[5:]))
         for name in tqdm(names, desc=src.name, disable=not progress):
             g = fin[name]
@@ -100,10 +100,9 @@ def convert(src: Path, dst: Path, atol: float = 1e-4, progress: bool = True) -> 
                 fout[name]["obs/extra"].create_dataset(k, data=v)
             added |= set(extra)
     env.close()
-    tmp.rename(dst)
     json_out = dict(meta)
     json_out["env_info"] = {**info, "env_kwargs": {**kwargs, "obs_mode": "rgb+state_dict"}}
-    dst.with_suffix(".json").write_text(json.dumps(json_out, indent=2))
+    replace_text(dst.with_suffix(".json"), json.dumps(json_out, indent=2))
     return {"task": task, "episodes": len(names), "added": sorted(added)}
 
 

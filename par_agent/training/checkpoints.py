@@ -3,7 +3,6 @@ EMA, step and every random state), the ``latest`` pointer, and the EMA of the we
 ``EMAModel``)."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from par_agent.atomic import atomic_folder, replace_text
 from par_agent.models import PhysicalAutoregressiveModel
 
 
@@ -72,20 +72,15 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
 
 def save_training_checkpoint(stage_dir: Path, step: int, model: PhysicalAutoregressiveModel, opt, sched, ema,
                              keep: int = 2) -> Path:
-    """Atomic: everything goes to ``ckpt-<step>.tmp`` which is renamed, then ``latest`` is replaced."""
+    """Atomic: everything goes to ``ckpt-<step>.tmp``, which is renamed, then ``latest`` is replaced;
+    all but the newest ``keep`` checkpoints are removed. Returns the checkpoint folder."""
     name = f"ckpt-{step:08d}"
-    tmp = stage_dir / (name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "ema": ema.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
-    final = stage_dir / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    ptr = stage_dir / "latest.tmp"
-    ptr.write_text(name + "\n")
-    os.replace(ptr, stage_dir / "latest")
+    with atomic_folder(stage_dir / name) as tmp:
+        model.save_pretrained(tmp)
+        torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "ema": ema.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
+    replace_text(stage_dir / "latest", name + "\n")
     old = sorted(p for p in stage_dir.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".tmp"))
     for p in old[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
-    return final
+    return stage_dir / name

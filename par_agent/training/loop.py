@@ -9,7 +9,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
+from par_agent.atomic import atomic_folder
 from par_agent.models import PhysicalAutoregressiveModel, get_dataset_stats, set_dataset_stats
 from par_agent.tokenizers import background_frame
 from par_agent.training.args import STAGES, TrainArgs
@@ -152,11 +152,8 @@ def save_final(model: PhysicalAutoregressiveModel, ema, args: TrainArgs, train_s
         sample = next(iter(DataLoader(train_set, batch_size=min(64, len(train_set)), shuffle=True)))
         fr = sample["frames"][sample["frame_mask"]]
         final_model.frame_tokenizer.to(device).eval().fit_latent_stats(fr.to(device))
-    tmp, final_dir = stage_dir / "final.tmp", stage_dir / "final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    final_model.cpu().save_pretrained(tmp, extra={"stage": args.stage, "step": step})
-    shutil.rmtree(final_dir, ignore_errors=True)
-    os.replace(tmp, final_dir)
+    with atomic_folder(stage_dir / "final") as tmp:
+        final_model.cpu().save_pretrained(tmp, extra={"stage": args.stage, "step": step})
     return final_model
 
 
