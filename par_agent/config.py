@@ -15,7 +15,7 @@ from typing import Any
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SAMPLERS = ("dpmsolver", "ddim")
 # Fields a loaded checkpoint may change: inference settings that leave the weights as they are.
-RUNTIME_FIELDS = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks")
+RUNTIME_FIELDS = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks", "best_of")
 ENV_KWARGS = ("control_mode", "obs_mode", "camera_size", "camera_fov", "cameras", "max_episode_steps")
 
 
@@ -66,6 +66,9 @@ class PARConfig:
     action_head_width: int = 160
     action_head_depth: int = 3
     head_num_heads: int = 4
+    value_head_width: int = 0
+    """Width of the progress (value) head that scores imagined frames for ``best_of``; 0 = none.
+    ``par-train value`` adds and trains it on a fine-tuned model."""
 
     # --- diffusion ---------------------------------------------------------------------------
     num_train_timesteps: int = 1000
@@ -82,6 +85,9 @@ class PARConfig:
 
     # --- inference ---------------------------------------------------------------------------
     use_kv_cache: bool = True
+    best_of: int = 1
+    """N: imagined next frames sampled per chunk; the policy acts towards the one the value head
+    scores highest (best-of-N with the world model). 1 = one frame, no scoring."""
     evict_blocks: int = 0
     """Blocks dropped when the context is full (0 = history // 2). Dropping several at once and
     re-filling the cache keeps positions and the first block identical to training windows."""
@@ -105,12 +111,17 @@ class PARConfig:
             "image_size", "num_cameras", "vae_stride", "latent_channels", "vae_layers_per_block", "vae_norm_groups",
             "patch_size", "state_dim", "action_dim", "chunk_size", "width", "depth", "num_heads",
             "frame_head_width", "frame_head_depth", "action_head_width", "action_head_depth",
-            "head_num_heads", "num_train_timesteps", "num_inference_steps", "diffusion_batch_mul",
+            "head_num_heads", "num_train_timesteps", "num_inference_steps", "diffusion_batch_mul", "best_of",
         ]
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"PARConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.value_head_width, int) or self.value_head_width < 0:
+            raise ValueError(f"PARConfig.value_head_width must be a non-negative integer, got {self.value_head_width!r}")
+        if self.best_of > 1 and not self.value_head_width:
+            raise ValueError(f"PARConfig.best_of={self.best_of} scores imagined frames with a value head, and this "
+                             "model has none (value_head_width=0): train one with `par-train value --init CHECKPOINT`")
         if self.history < 2:
             raise ValueError(f"PARConfig.history must be >= 2 blocks (one to act from, one to predict), got {self.history}")
         if not self.vae_channels:

@@ -120,7 +120,8 @@ class PARPolicy(BasePolicy):
         ``num_threads``, ``action_horizon``: see the class docstring.
 
         ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
-        ``sampler``, ``history``, ``evict_blocks``.
+        ``sampler``, ``history``, ``evict_blocks``, ``best_of`` (best-of-N imagined frames, scored by
+        the value head that ``par-train value`` trains).
         """
         model = PhysicalAutoregressiveModel.from_pretrained(name_or_path, device=device, **overrides)
         return cls(model, task=task, action_space=action_space, seed=seed, num_threads=num_threads,
@@ -268,7 +269,7 @@ class PARPolicy(BasePolicy):
             model.commit_many([self.contexts[envs[j]] for j in going],
                               torch.cat([self.last_chunk[envs[j]] for j in going]), frames[going], state[going])
         gens = [self.generators[i] if deterministic else None for i in envs]
-        frame_noise = torch.cat([torch.randn((1, cfg.frame_tokens, cfg.token_dim), generator=g, device=dev) for g in gens])
+        frame_noise = torch.cat([torch.randn(model.frame_noise_shape(1), generator=g, device=dev) for g in gens])
         action_noise = torch.cat([torch.randn((1, cfg.chunk_size, cfg.action_dim), generator=g, device=dev) for g in gens])
         actions, tokens = model.act_many([self.contexts[i] for i in envs], frame_noise, action_noise)
         M = self.action_horizon

@@ -404,6 +404,11 @@ class PhysicalStepDataset(Dataset):
         return len(self._n_blocks)
 
     @property
+    def frame_progress(self) -> np.ndarray:
+        """(len(frames),) float32: each row of ``frames``, its place in its episode, 0 (first) to 1 (last)."""
+        return np.concatenate([np.arange(n + 1) / max(n, 1) for n in self._n_blocks]).astype(np.float32)
+
+    @property
     def frame_shape(self) -> tuple:
         return tuple(self.frames.shape[1:])
 

@@ -31,6 +31,7 @@ from par_agent.models.heads import ActionHead, Diffusion, FrameHead, camera_rows
 from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
 from par_agent.models.transformer import Backbone, KVCache
 from par_agent.models.normalizer import Normalizer
+from par_agent.models.value import ProgressHead
 from par_agent.tokenizers.frames import FrameTokenizer
 
 
@@ -95,6 +96,8 @@ class PhysicalAutoregressiveModel(nn.Module):
                                     cfg.head_num_heads, cfg.num_cameras)
         self.action_head = ActionHead(cfg.action_dim, K, D, cfg.action_head_width, cfg.action_head_depth, cfg.head_num_heads)
         self.diffusion = self._make_diffusion(cfg)
+        self.value_head = ProgressHead(cfg.token_dim, cfg.frame_tokens, cfg.value_head_width) \
+            if cfg.value_head_width else None
 
     @staticmethod
     def _make_diffusion(cfg: PARConfig) -> Diffusion:
@@ -111,7 +114,7 @@ class PhysicalAutoregressiveModel(nn.Module):
 
     def set_runtime(self, **changes) -> "PhysicalAutoregressiveModel":
         """Change settings that do not touch the weights (``config.RUNTIME_FIELDS``: ``num_inference_steps``,
-        ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``), validated by the config; any other
+        ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``, ``best_of``), validated by the config; any other
         name is a ``TypeError``. Contexts started before keep their cache sizes: call it between episodes."""
         bad = sorted(set(changes) - set(RUNTIME_FIELDS))
         if bad:
@@ -307,14 +310,41 @@ class PhysicalAutoregressiveModel(nn.Module):
             raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
         return noise.to(self.device) * temperature
 
+    def frame_noise_shape(self, batch: int) -> tuple[int, ...]:
+        """The initial noise of ``batch`` imagined frames: (B, P, C), or (B, N, P, C) with ``best_of`` N > 1."""
+        cfg = self.cfg
+        return (batch, cfg.frame_tokens, cfg.token_dim) if cfg.best_of == 1 else \
+            (batch, cfg.best_of, cfg.frame_tokens, cfg.token_dim)
+
+    def _imagine(self, hidden: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The next frame's tokens (R, P, C) from the last real block's outputs ``hidden`` (R, L, D),
+        from ``noise`` (R, P, C), or (R, N, P, C) for best-of-N: the N imagined frames of a row are
+        sampled in one batch and the one the value head scores highest is kept."""
+        P, R = self.cfg.frame_tokens, hidden.shape[0]
+        noise = noise.reshape(R, -1, P, noise.shape[-1])
+        n = noise.shape[1]
+        h = hidden.repeat_interleave(n, dim=0) if n > 1 else hidden
+        cond = self.frame_head.prepare(h[:, :P], h[:, -1])  # a block starts with its P frame tokens
+        f = self.diffusion.sample(self.frame_head, noise.flatten(0, 1), cond, self.num_inference_steps)
+        if n == 1:
+            return f
+        best = self.value_head(f).view(R, n).argmax(dim=1)
+        return f.view(R, n, P, -1)[torch.arange(R, device=f.device), best]
+
     @torch.no_grad()
     def predict_frame(self, st: InferenceState, noise: torch.Tensor | None = None,
                       generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
-        """Sample the next frame's tokens (B, P, C) from the last real block."""
-        cfg, h = self.cfg, st.hidden
-        cond = self.frame_head.prepare(h[:, :cfg.frame_tokens], h[:, -1])  # a block starts with its P frame tokens
-        x0 = self._noise((st.batch_size, cfg.frame_tokens, cfg.token_dim), noise, generator, temperature)
-        return self.diffusion.sample(self.frame_head, x0, cond, self.num_inference_steps)
+        """Sample the next frame's tokens (B, P, C) from the last real block; with ``best_of`` N > 1,
+        the best-scored of N imagined frames (``noise`` is then (B, N, P, C))."""
+        x0 = self._noise(self.frame_noise_shape(st.batch_size), noise, generator, temperature)
+        return self._imagine(st.hidden, x0)
+
+    @torch.no_grad()
+    def progress(self, frame_tokens: torch.Tensor) -> torch.Tensor:
+        """The value head's progress (B,) in [0, 1] of frames given as tokens (B, P, C)."""
+        if self.value_head is None:
+            raise ValueError("this model has no value head (value_head_width=0): train one with `par-train value`")
+        return self.value_head(frame_tokens.to(self.device))
 
     @torch.no_grad()
     def predict_actions(self, st: InferenceState, frame_tokens: torch.Tensor, noise: torch.Tensor | None = None,
@@ -441,13 +471,15 @@ class PhysicalAutoregressiveModel(nn.Module):
     @torch.no_grad()
     def act_many(self, states: list[InferenceState], frame_noise: torch.Tensor,
                  action_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`act` for R contexts in one call, from the given initial noise (R, P, C) and (R, K, Da).
-        Returns actions (R, K, Da) raw and the imagined frame tokens (R, P, C)."""
+        """:meth:`act` for R contexts in one call, from the given initial noise (R, P, C) (or (R, N, P, C)
+        with ``best_of`` N) and (R, K, Da). Returns actions (R, K, Da) raw and the imagined frame tokens (R, P, C)."""
         P = self.cfg.frame_tokens
-        # a block starts with its P frame tokens and ends with the state token
-        cond = self.frame_head.prepare(torch.cat([st.hidden[:, :P] for st in states]),
-                                       torch.cat([st.hidden[:, -1] for st in states]))
-        f = self.diffusion.sample(self.frame_head, frame_noise.to(self.device), cond, self.num_inference_steps)
+        want = self.frame_noise_shape(len(states))
+        if tuple(frame_noise.shape) != want:
+            raise ValueError(f"frame_noise must have shape {want} (best_of={self.cfg.best_of}), got {tuple(frame_noise.shape)}")
+        # every context's last block: the hidden states of its P frame tokens ... its state token
+        f = self._imagine(torch.cat([torch.cat([st.hidden[:, :P], st.hidden[:, -1:]], dim=1) for st in states]),
+                          frame_noise.to(self.device))
         emb = torch.cat([self.embed_frames(f), self.embed_boa((len(states),))], dim=1)
         kinds = torch.tensor([int(Kind.FRAME)] * P + [int(Kind.BOA)])
         h = torch.cat(self._run_rows(states, emb, kinds, keep=False))
@@ -501,7 +533,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         """Rebuild from a checkpoint folder (built-in name, local folder or hub id), in eval mode.
 
         ``overrides`` replace config fields that do not change the weights (``config.RUNTIME_FIELDS``:
-        ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``), through
+        ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``, ``best_of``), through
         :meth:`set_runtime` (any other name is a ``TypeError``, raised before the weights are read).
         """
         from par_agent.device import resolve_device

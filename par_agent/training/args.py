@@ -10,8 +10,9 @@ from pathlib import Path
 from par_agent.config import PRESETS
 from par_agent.device import resolve_device
 
-STAGES = ("tokenizer", "pretrain-video", "finetune")
-PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video"}
+STAGES = ("tokenizer", "pretrain-video", "finetune", "value")
+PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video", "value": "finetune"}
+VALUE_HEAD_WIDTH = 128  # the value stage's head, unless --set value_head_width=W says otherwise
 
 
 def _opt(default, help: str, **argparse_kw):
@@ -23,7 +24,7 @@ def _opt(default, help: str, **argparse_kw):
 class TrainArgs:
     """Everything a par-train run is told; ``parse_args`` builds the command line from these fields."""
 
-    stage: str = field(metadata={"help": "tokenizer | pretrain-video | finetune", "choices": STAGES, "positional": True})
+    stage: str = field(metadata={"help": "tokenizer | pretrain-video | finetune | value (the progress head for best-of-N)", "choices": STAGES, "positional": True})
     data: list[str] = field(metadata={"help": ".h5 files, compact folders, data folders or video folders",
                                       "nargs": "+", "required": True})
     out: Path = field(metadata={"help": "run folder; each stage writes OUT/<stage>/", "required": True, "type": Path})

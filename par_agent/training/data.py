@@ -37,11 +37,30 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
         except ValueError:
             pass  # too few episodes for a validation split
     stats = train[0].stats
+    if args.stage == "value":  # each frame's place in its demo: the progress head's target
+        train, val = [WithProgress(ds) for ds in train], [WithProgress(ds) for ds in val]
     if frames_only:  # pure video: no proprio state (its size also differs between tasks: 25 / 29)
         train, val = [WithoutState(ds) for ds in train], [WithoutState(ds) for ds in val]
     if tokens_from is not None:  # frozen tokenizer: encode every frame once, not every step
         train = [TokenizedWindows(ds, tokens_from) for ds in train]
     return (train[0] if len(train) == 1 else ConcatDataset(train)), (val or None), stats
+
+
+class WithProgress(torch.utils.data.Dataset):
+    """A window dataset whose items also hold ``progress`` (T,): each frame's place in its episode,
+    0 (first frame) to 1 (last), the value stage's target."""
+
+    def __init__(self, ds) -> None:
+        self.ds, self.frames = ds, ds.frames
+        self.progress = torch.from_numpy(ds.frame_progress)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.ds[i])
+        item["progress"] = self.progress[item["frame_index"]]
+        return item
 
 
 class WithoutState(torch.utils.data.Dataset):

@@ -30,7 +30,7 @@ from par_agent.training.checkpoints import (ema_copy_to, latest_checkpoint, load
 from par_agent.training.data import build_datasets, frames_collate, recorded_env_kwargs, shift_collate
 from par_agent.training.distributed import all_mean, dist_setup, dist_teardown
 from par_agent.training.model import adapt_model, build_model, stage_cameras
-from par_agent.training.step import TokenizerObjective, autocast_for, make_optimizer, train_step
+from par_agent.training.step import TokenizerObjective, ValueObjective, autocast_for, make_optimizer, train_step
 from par_agent.training.validation import validate
 
 
@@ -76,9 +76,10 @@ def prepare_model(args: TrainArgs, device: torch.device):
     model.to(device)  # the frozen tokenizer encodes the dataset on the training device
     stats = get_dataset_stats(model.action_norm, model.state_norm) if args.stage == "finetune" and resume else None
     args = dataclasses.replace(args, cameras=stage_cameras(args, model.cfg))
-    if args.stage != "finetune" and resume is None and model.cfg.num_cameras > 1:
+    if args.stage != "finetune" and resume is None and model.cfg.num_cameras > 1 \
+            and model.cfg.env_kwargs.get("cameras") != list(args.cameras):
         # the camera names travel with the model from its first stage, so later stages need no --cameras
-        model, _ = adapt_model(model, env_kwargs={"cameras": list(args.cameras)})
+        model, _ = adapt_model(model, env_kwargs={**model.cfg.env_kwargs, "cameras": list(args.cameras)})
     # augmented frames, and frames seen by an encoder in training, are encoded each step
     frozen_tokens = args.stage != "tokenizer" and not args.shift_aug and not encoder_parameters(args, model)
     train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats, tokens_from=model if frozen_tokens else None)
@@ -103,6 +104,10 @@ def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_s
         if background is not None and rank == 0:  # what the weighting treats as the static scene
             imageio.imwrite(stage_dir / "background.png", background.numpy())
         return TokenizerObjective(model, background, args.fg_weight), list(model.frame_tokenizer.parameters()), []
+    if args.stage == "value":  # the progress head alone, on the frozen tokenizer's tokens of real frames
+        model.requires_grad_(False)
+        model.value_head.requires_grad_(True)
+        return ValueObjective(model), list(model.value_head.parameters()), []
     for p in model.frame_tokenizer.parameters():
         p.requires_grad_(False)
     encoder = encoder_parameters(args, model)

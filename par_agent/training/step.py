@@ -52,6 +52,25 @@ class TokenizerObjective(nn.Module):
         return self.tok.loss(batch["frames"], background=self.background, fg_weight=self.fg_weight)
 
 
+class ValueObjective(nn.Module):
+    """The value stage's loss: the progress head's cross-entropy against each real frame's place in its
+    demo (0 first, 1 last), from the windows' frame tokens (or frames, encoded here when augmented)."""
+
+    def __init__(self, model: PhysicalAutoregressiveModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> dict:
+        """batch: ``frame_tokens`` (B, T, P, C) or ``frames`` (B, T, H, W, 3), ``frame_mask`` and ``progress`` (B, T)."""
+        mask = batch["frame_mask"]
+        if "frame_tokens" in batch:
+            tokens = batch["frame_tokens"][mask]
+        else:
+            with torch.no_grad():
+                tokens = self.model.frame_tokenizer.encode(batch["frames"][mask])
+        return {"loss": self.model.value_head.loss(tokens, batch["progress"][mask])}
+
+
 def train_step(objective: nn.Module, model: PhysicalAutoregressiveModel, batch: dict, opt, sched,
                params: list[nn.Parameter], grad_clip: float, ema, device: torch.device,
                amp) -> tuple[dict, torch.Tensor]:

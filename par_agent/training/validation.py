@@ -19,7 +19,9 @@ from par_agent.training.step import autocast_for
 @torch.no_grad()
 def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, out_dir: Path | None, step: int,
              max_windows: int = 16, batch_size: int = 16) -> dict[str, float]:
-    """Frame PSNR (dB) of teacher-forced next-frame predictions, tokenizer PSNR, action MSE.
+    """Frame PSNR (dB) of teacher-forced next-frame predictions, tokenizer PSNR, action MSE; in the
+    value stage the progress head's mean absolute error and how often it ranks a window's later frame
+    above the earlier one (``val/progress_order``).
 
     Over ``max_windows`` windows spread evenly over the validation sets (split between them),
     ``batch_size`` at a time; each figure is the mean over all frames (action entries) that count.
@@ -40,6 +42,14 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
         fmask = batch["frame_mask"]
         scores["val/tokenizer_psnr"].append(frame_psnr(tok.decode(tok.encode(frames)), frames)[fmask])
         if stage == "tokenizer":
+            continue
+        if stage == "value":
+            B, T = frames.shape[:2]
+            pred = model.value_head(tok.encode(frames.flatten(0, 1))).view(B, T)
+            prog = batch["progress"]
+            scores["val/progress_mae"].append((pred - prog).abs()[fmask])
+            later = fmask[:, 1:] & fmask[:, :-1] & (prog[:, 1:] > prog[:, :-1])
+            scores["val/progress_order"].append((pred[:, 1:] > pred[:, :-1])[later].float())
             continue
         with amp:
             pred = model.sample_window(batch, generator=g)
