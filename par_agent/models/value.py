@@ -29,6 +29,11 @@ class ProgressHead(nn.Module):
         """tokens (B, P, C) -> progress (B,) in [0, 1]."""
         return torch.sigmoid(self.logits(tokens))
 
-    def loss(self, tokens: torch.Tensor, progress: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy of the progress (B,) targets in [0, 1] (a regression bounded like them)."""
-        return nn.functional.binary_cross_entropy_with_logits(self.logits(tokens), progress.float())
+    def loss(self, tokens: torch.Tensor, progress: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Binary cross-entropy against the progress (B,) targets in [0, 1] (a regression bounded like
+        them), averaged with ``weight`` (B,) (0 for padded frames: weighted, not selected, so no host sync)."""
+        per = nn.functional.binary_cross_entropy_with_logits(self.logits(tokens), progress.float(), reduction="none")
+        if weight is None:
+            return per.mean()
+        weight = weight.float()
+        return (per * weight).sum() / weight.sum().clamp(min=1)

@@ -62,13 +62,13 @@ class ValueObjective(nn.Module):
 
     def forward(self, batch: dict) -> dict:
         """batch: ``frame_tokens`` (B, T, P, C) or ``frames`` (B, T, H, W, 3), ``frame_mask`` and ``progress`` (B, T)."""
-        mask = batch["frame_mask"]
         if "frame_tokens" in batch:
-            tokens = batch["frame_tokens"][mask]
+            tokens = batch["frame_tokens"].flatten(0, 1)
         else:
             with torch.no_grad():
-                tokens = self.model.frame_tokenizer.encode(batch["frames"][mask])
-        return {"loss": self.model.value_head.loss(tokens, batch["progress"][mask])}
+                tokens = self.model.frame_tokenizer.encode(batch["frames"].flatten(0, 1))
+        # frames past an episode's end (repeats of its last) are weighted out, not selected: no host sync
+        return {"loss": self.model.value_head.loss(tokens, batch["progress"].flatten(), batch["frame_mask"].flatten())}
 
 
 def train_step(objective: nn.Module, model: PhysicalAutoregressiveModel, batch: dict, opt, sched,
