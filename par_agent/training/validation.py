@@ -40,12 +40,12 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
         batch = {k: v.to(device) for k, v in batch.items()}
         frames = batch["frames"]  # (B, T, H, W, 3)
         fmask = batch["frame_mask"]
-        scores["val/tokenizer_psnr"].append(frame_psnr(tok.decode(tok.encode(frames)), frames)[fmask])
+        tokens = tok.encode(frames)  # (B, T, P, C)
+        scores["val/tokenizer_psnr"].append(frame_psnr(tok.decode(tokens), frames)[fmask])
         if stage == "tokenizer":
             continue
         if stage == "value":
-            B, T = frames.shape[:2]
-            pred = model.value_head(tok.encode(frames.flatten(0, 1))).view(B, T)
+            pred = model.value_head(tokens.flatten(0, 1)).view(fmask.shape)
             prog = batch["progress"]
             scores["val/progress_mae"].append((pred - prog).abs()[fmask])
             later = fmask[:, 1:] & fmask[:, :-1] & (prog[:, 1:] > prog[:, :-1])
