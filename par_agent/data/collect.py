@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from par_agent.data.convert import CONTROL_MODES, convert_control_mode
+from par_agent.data.noise import JointNoise
 
 CONTROL_MODE = "pd_joint_pos"
 OBS_MODE = "rgb"
@@ -98,8 +99,26 @@ def _check_same_cameras(h5_paths, wanted: dict) -> None:
                                  "(--camera-size / --camera-fov / --cameras): use another --out")
 
 
+def _source_desc(noise: JointNoise) -> str:
+    desc = "ManiSkill motion planning solution, collected with par-collect"
+    return desc if noise.sigma == 0 else f"{desc}; {noise.describe()}"
+
+
+def _check_same_source(h5_paths, wanted: str) -> None:
+    """Refuse to top up a folder whose demos were recorded with other planner noise."""
+    from mani_skill.utils.io_utils import load_json
+
+    for p in h5_paths:
+        j = Path(p).with_suffix(".json")
+        if j.exists():
+            had = load_json(str(j)).get("source_desc")
+            if had is not None and had != wanted:
+                raise ValueError(f"{j} was recorded as {had!r}, this run would record {wanted!r} "
+                                 "(--action-noise): use another --out")
+
+
 def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_size, cameras, max_episode_steps,
-            chunk_dir, events, camera_fov=None):
+            chunk_dir, events, camera_fov=None, noise: JointNoise = JointNoise()):
     """Collect ``quota`` successful demos; report each attempt on ``events`` as ("ok"|"fail", seed)."""
     try:
         if num_workers > 1:
@@ -113,6 +132,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
         from mani_skill.utils.wrappers.record import RecordEpisode
 
         from envs import capture_only, gym_make, keep_renderer_warm, sensor_configs
+        from par_agent.data.noise import JointTargetNoise
 
         solve = _solutions()[task]
         parent = mp.parent_process()  # None when run in the calling process (one worker)
@@ -129,12 +149,13 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
             keep_renderer_warm(env)
             if cameras is not None:
                 capture_only(env, cameras)
-            env = RecordEpisode(
+            recorder = RecordEpisode(
                 env, output_dir=str(chunk_dir), trajectory_name=name + ".partial", save_video=False,
-                source_type="motionplanning",
-                source_desc="ManiSkill motion planning solution, collected with par-collect",
+                source_type="motionplanning", source_desc=_source_desc(noise),
                 record_reward=False, save_on_reset=False,
             )
+            # outside the recorder: the executed (noisy) targets are recorded, so replays reproduce the episode
+            env = JointTargetNoise(recorder, noise) if noise.sigma > 0 else recorder
             got = 0
             while got < n_chunk:
                 if parent is not None and not parent.is_alive():
@@ -149,10 +170,10 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
                     res = -1
                 ok = res != -1 and bool(np.asarray(res[-1]["success"]).reshape(-1)[0])
                 if ok:
-                    env.flush_trajectory()
+                    recorder.flush_trajectory()
                     got += 1
                 else:
-                    env.flush_trajectory(save=False)
+                    recorder.flush_trajectory(save=False)
                 events.put(("ok" if ok else "fail", seed))
                 seed += num_workers
             env.close()
@@ -168,7 +189,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
 def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int = 1,
             chunk_size: int = 50, max_episode_steps: Optional[int] = None, seed: int = 0,
             progress: bool = True, cameras: Optional[Sequence[str]] = ("base_camera",),
-            camera_fov: Optional[float] = None) -> Path:
+            camera_fov: Optional[float] = None, noise: JointNoise = JointNoise()) -> Path:
     """Collect until ``out`` holds ``num_demos`` successful demos of ``task``; returns the ``.h5`` path.
 
     Args:
@@ -186,6 +207,8 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
             slower (2 workers) and its file 6 times larger on a CPU renderer (docs/DATA.md).
         camera_fov: field of view (radians) of the recorded cameras; ``None`` keeps the task's (pi/2).
             A folder holds one camera set-up: topping it up with another fov is refused.
+        noise: joint-target noise injected while the planner acts (:mod:`par_agent.data.noise`; default
+            none). The noisy targets are what is recorded; a folder holds one noise setting.
     """
     from mani_skill.trajectory.merge_trajectory import merge_trajectories
     from tqdm import tqdm
@@ -212,6 +235,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
         from envs import sensor_configs
 
         _check_same_cameras(existing, sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)))
+        _check_same_source(existing, _source_desc(noise))
         seeds = _recorded_seeds(existing)
         have = len(seeds)
         todo = num_demos - have
@@ -224,7 +248,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
             ctx = mp.get_context("spawn")
             events = ctx.Queue()
             args = (task, None, workers, base, None, chunk_size, camera_size, cameras, max_episode_steps, chunk_dir,
-                    events, camera_fov)
+                    events, camera_fov, noise)
             procs = []
             if workers == 1:
                 procs = None
@@ -258,7 +282,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
                             handle(*item)
 
                     a = list(args)
-                    a[1], a[4], a[-2] = 0, quotas[0], _Q()
+                    a[1], a[4], a[-3] = 0, quotas[0], _Q()
                     _worker(*a)
                 else:
                     while finished + len(errors) < len(procs):
@@ -317,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="control mode of the demos to train on: the planners act in pd_joint_pos; another mode "
                    "(pd_ee_delta_pos is ManiSkill's choice for imitation learning) is converted afterwards with "
                    "ManiSkill's replay tool into trajectory.rgb.MODE.h5 beside the source")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="perturb the planner while it demonstrates (DART-style data off its narrow paths): a "
+                   "slowly varying offset of SIGMA radians (stationary std per arm joint) on its joint targets "
+                   "while the arm moves; the executed targets are recorded. 0.02 keeps about 3 of 4 StackCube "
+                   "plans successful (docs/DATA.md). Default 0: none")
+    p.add_argument("--action-noise-rho", type=float, default=0.8, metavar="RHO",
+                   help="step-to-step correlation of that offset, in [0, 1) (default 0.8)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--chunk-size", type=int, default=50, help="demos per intermediate chunk file")
     p.add_argument("--max-episode-steps", type=int, default=None, help="recorded episode limit (default per task)")
@@ -354,7 +385,7 @@ def _main(argv=None) -> int:
         path = collect(args.task, args.num_demos, args.out, camera_size=args.camera_size, workers=args.workers,
                        chunk_size=args.chunk_size, max_episode_steps=args.max_episode_steps, seed=args.seed,
                        progress=not args.no_progress, cameras=None if args.cameras == ["all"] else args.cameras,
-                       camera_fov=args.camera_fov)
+                       camera_fov=args.camera_fov, noise=JointNoise(args.action_noise, args.action_noise_rho))
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
