@@ -101,3 +101,26 @@ def test_par_collect_records_the_noisy_targets_it_executed(tmp_path, capsys):
     assert "--action-noise" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "x"), "--action-noise", "-1"]) == 2
     assert "sigma must be >= 0" in capsys.readouterr().err
+
+
+def test_path_deviation_is_the_largest_nearest_point_distance():
+    from benchmarks.planner_noise import path_deviation
+
+    ref = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]], float)
+    assert path_deviation(ref, ref) == 0
+    assert path_deviation(np.array([[1, 0.3, 0], [2, 0, 0.1]]), ref) == pytest.approx(0.3)
+
+
+@pytest.mark.maniskill
+def test_planner_noise_benchmark_measures_the_plans_it_runs(capsys):
+    """Same seed, no noise: the same path twice; with noise the gripper leaves it."""
+    from benchmarks.planner_noise import main, path_deviation, solve_once
+
+    ok, clean, _ = solve_once("PushCube-v1", 0, JointNoise())
+    ok2, again, _ = solve_once("PushCube-v1", 0, JointNoise())
+    _, noisy, _ = solve_once("PushCube-v1", 0, JointNoise(0.03))
+    assert ok and ok2 and clean.shape[1] == 3 and len(clean) > 10
+    assert path_deviation(again, clean) < 1e-6
+    assert path_deviation(noisy, clean) > 0.005
+    assert main(["--task", "PushCube-v1", "--episodes", "1", "--sigma", "0.02"]) == 0
+    assert "1/1 plans succeed" in capsys.readouterr().out
