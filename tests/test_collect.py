@@ -315,3 +315,40 @@ def test_interrupted_conversion_resumes_at_its_piece(pickcube_ee_demo, tmp_path,
         assert sorted(f) == ["traj_0", "traj_1"]
         for k in f:
             np.testing.assert_array_equal(f[k]["actions"][()], g["traj_0/actions"][()])
+
+
+@pytest.mark.parametrize("pair", [".merging.", ".partial."])
+def test_a_run_stopped_between_a_files_two_renames_loses_nothing(tmp_path, monkeypatch, pair):
+    """A .h5 and its .json are renamed one after the other. Stopped between the two (in the final
+    merge, or when a chunk is committed), a re-run still ends with each seed once and a .json that
+    matches its .h5."""
+    from mani_skill.utils.io_utils import load_json
+
+    from par_agent.data import collect as mod
+
+    real = os.replace
+    args = ["--task", "PushCube-v1", "--out", str(tmp_path), "--camera-size", "32", "--no-progress"]
+
+    for n in (1, 2):  # the first merge (no final file yet), then a top-up of an existing one
+        renamed = []
+
+        def stopping(src, dst):
+            if pair in str(src):
+                if renamed:  # the pair's second rename
+                    raise KeyboardInterrupt("stopped between the two renames")
+                renamed.append(src)
+            return real(src, dst)
+
+        monkeypatch.setattr(mod.os, "replace", stopping)
+        with pytest.raises(KeyboardInterrupt):
+            mod.main(args + ["--num-demos", str(n)])
+        monkeypatch.setattr(mod.os, "replace", real)
+        assert mod.main(args + ["--num-demos", str(n)]) == 0
+        final = mod.trajectory_path(tmp_path, "PushCube-v1")
+        eps = load_json(str(final.with_suffix(".json")))["episodes"]
+        seeds = [ep["episode_seed"] for ep in eps]
+        assert sorted(seeds) == list(range(n))
+        with h5py.File(final) as f:
+            assert sorted(f.keys()) == [f"traj_{ep['episode_id']}" for ep in eps]
+            for ep in eps:
+                assert f[f"traj_{ep['episode_id']}/actions"].shape[0] == ep["elapsed_steps"]

@@ -177,7 +177,8 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
                 events.put(("ok" if ok else "fail", seed))
                 seed += num_workers
             env.close()
-            for ext in (".h5", ".json"):
+            # the .h5 last: a chunk counts (``_finished_chunks``) only once its .json is in place
+            for ext in (".json", ".h5"):
                 os.replace(chunk_dir / f"{name}.partial{ext}", chunk_dir / f"{name}{ext}")
             done += n_chunk
         events.put(("done", worker_id))
@@ -231,7 +232,9 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
             print(f"[par-collect] removing unfinished chunk {stale}", file=sys.stderr)
             stale.unlink()
 
-        existing = ([final] if final.exists() else []) + _finished_chunks(chunk_dir)
+        # the final file counts once its .json is in place (the merge below writes that last)
+        have_final = final.exists() and final.with_suffix(".json").exists()
+        existing = ([final] if have_final else []) + _finished_chunks(chunk_dir)
         from envs import sensor_configs
 
         _check_same_cameras(existing, sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)))
@@ -312,9 +315,11 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
         chunks = _finished_chunks(chunk_dir)
         if chunks:
             tmp = final.with_name(final.stem + ".merging.h5")
-            merge_trajectories(str(tmp), ([str(final)] if final.exists() else []) + [str(c) for c in chunks])
-            os.replace(tmp.with_suffix(".json"), final.with_suffix(".json"))
+            merge_trajectories(str(tmp), ([str(final)] if have_final else []) + [str(c) for c in chunks])
+            # .h5 first: stopped between the two, the old .json still lists only the merged file's first
+            # episodes (the merge keeps their ids) and the chunks are still there, so a re-run merges again
             os.replace(tmp, final)
+            os.replace(tmp.with_suffix(".json"), final.with_suffix(".json"))
             for c in chunks:
                 c.unlink()
                 c.with_suffix(".json").unlink(missing_ok=True)
