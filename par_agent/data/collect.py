@@ -11,6 +11,7 @@ Workers are processes; worker ``w`` of ``W`` tries seeds ``base + w, base + w + 
 streams), writes finished chunks of at most ``--chunk-size`` demos into ``chunks/``, and the run ends
 by merging them (ManiSkill's ``merge_trajectories``) into the single file above. A second run with the
 same ``--out`` continues from the highest recorded seed and adds demos up to ``--num-demos``.
+``--action-noise`` perturbs the planner while it acts (:mod:`par_agent.data.noise`).
 """
 from __future__ import annotations
 
@@ -250,16 +251,16 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
                   f"from seed {base}", file=sys.stderr)
             ctx = mp.get_context("spawn")
             events = ctx.Queue()
-            args = (task, None, workers, base, None, chunk_size, camera_size, cameras, max_episode_steps, chunk_dir,
-                    events, camera_fov, noise)
+            common = dict(task=task, num_workers=workers, base_seed=base, chunk_size=chunk_size,
+                          camera_size=camera_size, cameras=cameras, max_episode_steps=max_episode_steps,
+                          chunk_dir=chunk_dir, camera_fov=camera_fov, noise=noise)
             procs = []
             if workers == 1:
                 procs = None
             else:
                 for w in range(workers):
-                    a = list(args)
-                    a[1], a[4] = w, quotas[w]
-                    p = ctx.Process(target=_worker, args=tuple(a), daemon=True)
+                    p = ctx.Process(target=_worker, kwargs=dict(common, worker_id=w, quota=quotas[w], events=events),
+                                    daemon=True)
                     p.start()
                     procs.append(p)
             bar = tqdm(total=todo, desc=f"par-collect {task}", disable=not progress, unit="demo")
@@ -284,9 +285,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
                         def put(self, item):
                             handle(*item)
 
-                    a = list(args)
-                    a[1], a[4], a[-3] = 0, quotas[0], _Q()
-                    _worker(*a)
+                    _worker(**common, worker_id=0, quota=quotas[0], events=_Q())
                 else:
                     while finished + len(errors) < len(procs):
                         try:
