@@ -442,3 +442,36 @@ def test_finetune_with_encoder_lr_trains_the_encoder_only_and_resumes(trained_ru
     run_stage("finetune", pushcube_demos, tmp_path / "frozen", 1, "--init", str(init), "--ema", "0")
     _, frozen, _ = read_checkpoint(tmp_path / "frozen" / "finetune" / "final")
     assert all(torch.equal(before[k], frozen[k]) for k in enc)
+
+
+def test_encoder_recon_adds_the_weighted_reconstruction_loss_and_is_logged(trained_run, pushcube_demos, tmp_path):
+    """--encoder-recon W: fine-tuning's loss is the model's plus W times the tokenizer's reconstruction
+    loss of each window's last frame (the same random draws give the same sum), logged as train/recon."""
+    from par_agent.data.dataset import PhysicalStepDataset
+    from par_agent.models import PhysicalAutoregressiveModel
+    from par_agent.training.step import FinetuneObjective
+
+    model = PhysicalAutoregressiveModel.from_pretrained(trained_run / "finetune" / "final")
+    cfg = model.cfg
+    ds = PhysicalStepDataset(pushcube_demos, split="all", history=cfg.history, chunk_size=cfg.chunk_size,
+                             image_size=cfg.image_size)
+    batch = torch.utils.data.default_collate([ds[0], ds[3]])
+    torch.manual_seed(0)
+    out = FinetuneObjective(model, 0.5)(batch)
+    torch.manual_seed(0)
+    own = model(batch)["loss"]
+    rec = model.frame_tokenizer.loss(batch["frames"][:, -1])["loss"]
+    assert out["recon"] == pytest.approx(rec.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(own.item() + 0.5 * rec.item(), rel=1e-5)
+
+    out_dir = tmp_path / "recon"
+    run_stage("finetune", pushcube_demos, out_dir, 2, "--init", str(trained_run / "pretrain-video" / "final"),
+              "--encoder-lr", "1e-3", "--encoder-recon", "1", "--log-every", "1", "--ema", "0")
+    assert "train/recon" in (out_dir / "finetune" / "metrics.csv").read_text()
+    PhysicalAutoregressiveModel.from_pretrained(out_dir / "finetune" / "final")
+
+
+def test_encoder_recon_without_an_encoder_in_training_is_refused(pushcube_demos, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_stage("finetune", pushcube_demos, tmp_path / "x", 1, "--encoder-recon", "1")
+    assert "needs --encoder-lr" in capsys.readouterr().err

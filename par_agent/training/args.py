@@ -60,6 +60,9 @@ class TrainArgs:
                             "(the arm, the cubes); 0 for a plain reconstruction loss")
     encoder_lr: float = _opt(0.0, "fine-tuning stage: also train the frame tokenizer's encoder, at this learning rate, "
                              "with the policy's losses (0: frozen); the frames are then encoded every step")
+    encoder_recon: float = _opt(0.0, "fine-tuning with --encoder-lr: also the tokenizer's reconstruction loss "
+                                "(foreground-weighted as --fg-weight says) on each window's last frame, at this "
+                                "weight, so the encoder keeps tokens its frozen decoder reads (0: none)")
     shift_aug: int = _opt(0, "video and fine-tuning stages: random-shift augmentation, each window's frames moved "
                           "by up to N pixels (edges repeated); the frames are then encoded every step, not once")
 
@@ -86,6 +89,9 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> TrainArgs:
                 kw["type"] = type(f.default)
         p.add_argument(flag, dest=f.name, **kw)
     a = p.parse_args(argv)
+    if a.encoder_recon < 0 or (a.encoder_recon and not a.encoder_lr):
+        p.error(f"--encoder-recon {a.encoder_recon}: a weight >= 0 for the reconstruction loss of an encoder "
+                "in training; it needs --encoder-lr")
     if a.val_windows < 1:
         p.error(f"--val-windows must be at least 1, got {a.val_windows}")
     try:

@@ -30,7 +30,8 @@ from par_agent.training.checkpoints import (ema_copy_to, latest_checkpoint, load
 from par_agent.training.data import build_datasets, frames_collate, recorded_env_kwargs, shift_collate
 from par_agent.training.distributed import all_mean, dist_setup, dist_teardown
 from par_agent.training.model import adapt_model, build_model, stage_cameras
-from par_agent.training.step import TokenizerObjective, ValueObjective, autocast_for, make_optimizer, train_step
+from par_agent.training.step import (FinetuneObjective, TokenizerObjective, ValueObjective, autocast_for, make_optimizer,
+                                     train_step)
 from par_agent.training.validation import validate
 
 
@@ -98,12 +99,15 @@ def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_s
     ``--encoder-lr``: the tokenizer's reconstruction (with the foreground weighting) in the tokenizer
     stage, else the model's own losses with the tokenizer frozen (but for its encoder with
     ``--encoder-lr``, see :func:`encoder_parameters`)."""
-    if args.stage == "tokenizer":
+    def background():  # the static scene, for the reconstruction loss's foreground weighting
         parts = getattr(train_set, "datasets", [train_set])  # a ConcatDataset when several data sources
-        background = background_frame([d.frames for d in parts]) if args.fg_weight > 0 else None
-        if background is not None and rank == 0:  # what the weighting treats as the static scene
-            imageio.imwrite(stage_dir / "background.png", background.numpy())
-        return TokenizerObjective(model, background, args.fg_weight), list(model.frame_tokenizer.parameters()), []
+        bg = background_frame([d.frames for d in parts]) if args.fg_weight > 0 else None
+        if bg is not None and rank == 0:  # what the weighting treats as the static scene
+            imageio.imwrite(stage_dir / "background.png", bg.numpy())
+        return bg
+
+    if args.stage == "tokenizer":
+        return TokenizerObjective(model, background(), args.fg_weight), list(model.frame_tokenizer.parameters()), []
     if args.stage == "value":  # the progress head alone, on the frozen tokenizer's tokens of real frames
         model.requires_grad_(False)
         model.value_head.requires_grad_(True)
@@ -114,7 +118,9 @@ def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_s
     for p in encoder:
         p.requires_grad_(True)
     slow = {id(p) for p in encoder}
-    return model, [p for p in model.parameters() if p.requires_grad and id(p) not in slow], encoder
+    objective = FinetuneObjective(model, args.encoder_recon, background(), args.fg_weight) \
+        if encoder and args.encoder_recon else model
+    return objective, [p for p in model.parameters() if p.requires_grad and id(p) not in slow], encoder
 
 
 def encoder_parameters(args: TrainArgs, model: PhysicalAutoregressiveModel) -> list[nn.Parameter]:

@@ -52,6 +52,26 @@ class TokenizerObjective(nn.Module):
         return self.tok.loss(batch["frames"], background=self.background, fg_weight=self.fg_weight)
 
 
+class FinetuneObjective(nn.Module):
+    """Fine-tuning's losses with the frame encoder in training (``--encoder-lr``) and ``--encoder-recon``:
+    the model's own losses plus ``weight`` times the tokenizer's reconstruction loss of each window's last
+    frame, through the frozen decoder, so that the action loss cannot reshape the tokens into something
+    the decoder no longer reads (what ``--encoder-lr`` alone did to StackCube's frames, docs/RESULTS.md)."""
+
+    def __init__(self, model: PhysicalAutoregressiveModel, weight: float,
+                 background: torch.Tensor | None = None, fg_weight: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.weight = model, weight
+        self.background, self.fg_weight = background, fg_weight
+
+    def forward(self, batch: dict) -> dict:
+        """batch: the model's (``frames`` (B, T, H, W, 3) uint8, ``state``, ``actions``, ...); adds ``recon``."""
+        out = dict(self.model(batch))
+        rec = self.model.frame_tokenizer.loss(batch["frames"][:, -1], background=self.background,
+                                              fg_weight=self.fg_weight)["loss"]
+        return {**out, "loss": out["loss"] + self.weight * rec, "recon": rec.detach()}
+
+
 class ValueObjective(nn.Module):
     """The value stage's loss: the progress head's cross-entropy against each real frame's place in its
     demo (0 first, 1 last), from the windows' frame tokens (or frames, encoded here when augmented)."""
