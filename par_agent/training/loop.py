@@ -98,7 +98,7 @@ def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_s
     """What the stage minimises and the parameters it trains, at the stage's learning rate and at
     ``--encoder-lr``: the tokenizer's reconstruction (with the foreground weighting) in the tokenizer
     stage, else the model's own losses with the tokenizer frozen (but for its encoder with
-    ``--encoder-lr``, see :func:`encoder_parameters`)."""
+    ``--encoder-lr``, see :func:`encoder_parameters`, and then the reconstruction at ``--encoder-recon``)."""
     def background():  # the static scene, for the reconstruction loss's foreground weighting
         parts = getattr(train_set, "datasets", [train_set])  # a ConcatDataset when several data sources
         bg = background_frame([d.frames for d in parts]) if args.fg_weight > 0 else None
