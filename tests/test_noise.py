@@ -75,7 +75,8 @@ def test_par_collect_records_the_noisy_targets_it_executed(tmp_path, capsys):
     from envs import gym_make
     from par_agent.data.collect import main, trajectory_path
 
-    args = ["--task", "PushCube-v1", "--num-demos", "1", "--camera-size", "32", "--no-progress"]
+    common = ["--task", "PushCube-v1", "--camera-size", "32", "--no-progress"]
+    args = common + ["--num-demos", "1"]
     assert main(args + ["--out", str(tmp_path / "clean")]) == 0
     assert main(args + ["--out", str(tmp_path / "noisy"), "--action-noise", "0.02"]) == 0
     clean, noisy = trajectory_path(tmp_path / "clean", "PushCube-v1"), trajectory_path(tmp_path / "noisy", "PushCube-v1")
@@ -97,7 +98,7 @@ def test_par_collect_records_the_noisy_targets_it_executed(tmp_path, capsys):
 
     # a folder holds one noise setting
     capsys.readouterr()
-    assert main(args[:3] + ["2"] + args[4:] + ["--out", str(tmp_path / "clean"), "--action-noise", "0.02"]) == 2
+    assert main(common + ["--num-demos", "2", "--out", str(tmp_path / "clean"), "--action-noise", "0.02"]) == 2
     assert "--action-noise" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "x"), "--action-noise", "-1"]) == 2
     assert "sigma must be >= 0" in capsys.readouterr().err
