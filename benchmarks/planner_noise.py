@@ -36,7 +36,7 @@ def solve_once(task: str, seed: int, noise) -> tuple[bool, np.ndarray, float]:
     import mani_skill.envs  # noqa: F401
 
     from envs import gym_make
-    from par_agent.data.collect import _solutions
+    from par_agent.data.collect import _solutions, plan_succeeded
     from par_agent.data.noise import JointTargetNoise
 
     env = gym_make(task, obs_mode="state", control_mode="pd_joint_pos", sim_backend="cpu")
@@ -49,7 +49,7 @@ def solve_once(task: str, seed: int, noise) -> tuple[bool, np.ndarray, float]:
     except Exception:  # a planning error is a failed plan, as in par-collect
         res = -1
     dt = time.perf_counter() - t
-    ok = res != -1 and bool(np.asarray(res[-1]["success"]).reshape(-1)[0])
+    ok = plan_succeeded(res)
     env.close()
     return ok, np.array(log.points).reshape(-1, 3), dt
 

@@ -100,6 +100,11 @@ def _check_same_cameras(h5_paths, wanted: dict) -> None:
                                  "(--camera-size / --camera-fov / --cameras): use another --out")
 
 
+def plan_succeeded(result) -> bool:
+    """Whether a motion-planning solution's result (its last step's outputs, or -1) ended in success."""
+    return result != -1 and bool(np.asarray(result[-1]["success"]).reshape(-1)[0])
+
+
 def _source_desc(noise: JointNoise) -> str:
     desc = "ManiSkill motion planning solution, collected with par-collect"
     return desc if noise.sigma == 0 else f"{desc}; {noise.describe()}"
@@ -169,7 +174,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
                 except Exception as err:  # planner failures are part of the job
                     print(f"[par-collect] seed {seed}: planning error: {err}", file=sys.stderr)
                     res = -1
-                ok = res != -1 and bool(np.asarray(res[-1]["success"]).reshape(-1)[0])
+                ok = plan_succeeded(res)
                 if ok:
                     recorder.flush_trajectory()
                     got += 1
