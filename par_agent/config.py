@@ -83,6 +83,16 @@ class PARConfig:
     frame_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
 
+    # --- perception targets (fine-tuning only) -----------------------------------------------
+    perception_targets: tuple = ()
+    """Names of task-state fields (``obs["extra"]``, e.g. StackCube's ``cubeA_pose``) that fine-tuning
+    teaches the model to read off each block's frame-token outputs, an auxiliary loss
+    (``par-train finetune --perception-targets``). They are left out of the state and never read
+    when acting. () = none."""
+    perception_dim: int = 0
+    """Size of the flattened perception targets (0 with none)."""
+    perception_loss_weight: float = 1.0
+
     # --- inference ---------------------------------------------------------------------------
     use_kv_cache: bool = True
     best_of: int = 1
@@ -107,6 +117,7 @@ class PARConfig:
             raise ValueError(f"PARConfig.env_kwargs records cameras {list(cams)}, but num_cameras={self.num_cameras}")
         self.vae_channels = tuple(int(c) for c in self.vae_channels)
         self.task_names = tuple(str(t) for t in self.task_names)
+        self.perception_targets = tuple(str(t) for t in self.perception_targets)
         positive = [
             "image_size", "num_cameras", "vae_stride", "latent_channels", "vae_layers_per_block", "vae_norm_groups",
             "patch_size", "state_dim", "action_dim", "chunk_size", "width", "depth", "num_heads",
@@ -119,6 +130,10 @@ class PARConfig:
                 raise ValueError(f"PARConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.value_head_width, int) or self.value_head_width < 0:
             raise ValueError(f"PARConfig.value_head_width must be a non-negative integer, got {self.value_head_width!r}")
+        if not isinstance(self.perception_dim, int) or self.perception_dim < 0 \
+                or bool(self.perception_dim) != bool(self.perception_targets):
+            raise ValueError(f"PARConfig.perception_dim={self.perception_dim!r} must be a positive integer with "
+                             f"perception_targets, 0 without; perception_targets={list(self.perception_targets)}")
         if self.best_of > 1 and not self.value_head_width:
             raise ValueError(f"PARConfig.best_of={self.best_of} scores imagined frames with a value head, and this "
                              "model has none (value_head_width=0): train one with `par-train value --init CHECKPOINT`")

@@ -31,6 +31,7 @@ from par_agent.models.heads import ActionHead, Diffusion, FrameHead, camera_rows
 from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
 from par_agent.models.transformer import Backbone, KVCache
 from par_agent.models.normalizer import Normalizer
+from par_agent.models.perception import PerceptionHead
 from par_agent.models.value import ProgressHead
 from par_agent.tokenizers.frames import FrameTokenizer
 
@@ -98,6 +99,8 @@ class PhysicalAutoregressiveModel(nn.Module):
         self.diffusion = self._make_diffusion(cfg)
         self.value_head = ProgressHead(cfg.token_dim, cfg.frame_tokens, cfg.value_head_width) \
             if cfg.value_head_width else None
+        self.perception_norm = Normalizer(cfg.perception_dim, "meanstd") if cfg.perception_dim else None
+        self.perception_head = PerceptionHead(D, cfg.frame_tokens, cfg.perception_dim) if cfg.perception_dim else None
 
     @staticmethod
     def _make_diffusion(cfg: PARConfig) -> Diffusion:
@@ -202,7 +205,9 @@ class PhysicalAutoregressiveModel(nn.Module):
             frames (B, T, H, W, 3) uint8 or frame_tokens (B, T, P, C)
             state (B, T, Ds) raw, optional; actions (B, T-1, K, Da) raw, optional (frames only = video pretraining)
             frame_mask (B, T) bool, action_mask (B, T-1, K) bool, task_id (B,) int64 (all optional)
-        Returns: ``loss``, ``frame_loss`` and (with actions) ``action_loss``, scalars.
+            perception (B, T, Dp) raw, optional: the task state each observation shows (a model with a perception head)
+        Returns: ``loss``, ``frame_loss``, (with actions) ``action_loss`` and (with perception targets)
+        ``perception_loss``, scalars.
         """
         cfg, dev = self.cfg, self.device
         z, a_n, idx, h = self._run_window(batch)
@@ -229,7 +234,23 @@ class PhysicalAutoregressiveModel(nn.Module):
             )
             out["action_loss"] = action_loss
             out["loss"] = out["loss"] + cfg.action_loss_weight * action_loss
+        if self.perception_head is not None and "perception" in batch:
+            target = self.perception_norm.normalize(batch["perception"].to(dev, torch.float32))
+            perception_loss = self.perception_head.loss(h[:, idx["frame"]].flatten(0, 1), target.flatten(0, 1),
+                                                        fmask.flatten())
+            out["perception_loss"] = perception_loss
+            out["loss"] = out["loss"] + cfg.perception_loss_weight * perception_loss
         return out
+
+    @torch.no_grad()
+    def read_perception(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The perception head's task state (B, T, Dp), raw units, for each observation of a batch of
+        windows (teacher-forced, as in training; the batch as :meth:`forward` takes it)."""
+        if self.perception_head is None:
+            raise ValueError("this model has no perception head (trained without --perception-targets)")
+        _, _, idx, h = self._run_window(batch)
+        B, T = h.shape[0], idx["frame"].shape[0]
+        return self.perception_norm.unnormalize(self.perception_head(h[:, idx["frame"]].flatten(0, 1))).view(B, T, -1)
 
     @torch.no_grad()
     def sample_window(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

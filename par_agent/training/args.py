@@ -63,6 +63,10 @@ class TrainArgs:
     encoder_recon: float = _opt(0.0, "fine-tuning with --encoder-lr: also the tokenizer's reconstruction loss "
                                 "(foreground-weighted as --fg-weight says) on each window's last frame, at this "
                                 "weight, so the encoder keeps tokens its frozen decoder reads (0: none)")
+    perception_targets: tuple[str, ...] = _opt((), "fine-tuning stage: task-state fields of the demos (obs/extra, e.g. "
+                                                "cubeA_pose cubeB_pose) the model learns to read off its frame tokens, "
+                                                "an auxiliary loss; left out of the state, never read when acting (a "
+                                                "demo copy with them: python -m par_agent.data.privileged)", nargs="+")
     shift_aug: int = _opt(0, "video and fine-tuning stages: random-shift augmentation, each window's frames moved "
                           "by up to N pixels (edges repeated); the frames are then encoded every step, not once")
 
@@ -92,6 +96,8 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> TrainArgs:
     if a.encoder_recon < 0 or (a.encoder_recon and not a.encoder_lr):
         p.error(f"--encoder-recon {a.encoder_recon}: a weight >= 0 for the reconstruction loss of an encoder "
                 "in training; it needs --encoder-lr")
+    if a.perception_targets and a.stage != "finetune":
+        p.error(f"--perception-targets is for the finetune stage, not {a.stage}")
     if a.val_windows < 1:
         p.error(f"--val-windows must be at least 1, got {a.val_windows}")
     try:
@@ -99,7 +105,7 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> TrainArgs:
     except (RuntimeError, ValueError) as err:  # e.g. --device cuda on a machine without CUDA: one line
         p.error(str(err))
     return TrainArgs(**{**vars(a), "overrides": tuple(a.overrides), "tasks": tuple(a.tasks),
-                         "cameras": tuple(a.cameras)})
+                         "cameras": tuple(a.cameras), "perception_targets": tuple(a.perception_targets)})
 
 
 def parse_overrides(items) -> dict:

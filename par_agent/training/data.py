@@ -29,7 +29,8 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
         task = task_of(path)
         tid = cfg.task_id(task) if task is not None else 0  # plain videos: the first task
         kw = dict(history=cfg.history, chunk_size=cfg.chunk_size, task_id=tid, frames_only=frames_only,
-                  val_fraction=args.val_fraction, image_size=cfg.image_size, cameras=args.cameras)
+                  val_fraction=args.val_fraction, image_size=cfg.image_size, cameras=args.cameras,
+                  perception_keys=args.perception_targets if not frames_only else ())
         tr = PhysicalStepDataset(path, split="train", stats=stats, **kw)
         train.append(tr)
         try:
@@ -149,6 +150,18 @@ def recorded_env_kwargs(paths, cameras=("base_camera",)) -> dict:
     if len(found) > 1:
         raise ValueError(f"the data sources {list(paths)} were recorded with different env settings: {sorted(found)}")
     return json.loads(found.pop()) if found else {}
+
+
+def acting_env_kwargs(env_kwargs: dict, task: str | None, state_dim: int) -> dict:
+    """The env a policy acts in, from the one its demos record: a privileged copy of demos
+    (``obs_mode="...+state_dict"``, :mod:`par_agent.data.privileged`) whose privileged fields all became
+    perception targets leaves the policy a plain state, so it acts in the plain observation mode."""
+    from envs import state_dim as plain_state_dim
+
+    mode = env_kwargs.get("obs_mode", "")
+    if task and mode.endswith("+state_dict") and state_dim == plain_state_dim(task):
+        return {**env_kwargs, "obs_mode": mode.removesuffix("+state_dict")}
+    return env_kwargs
 
 
 def data_tasks(args: TrainArgs) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from par_agent.tokenizers import background_frame
 from par_agent.training.args import STAGES, TrainArgs
 from par_agent.training.checkpoints import (ema_copy_to, latest_checkpoint, load_ema_state, make_ema,
                                             save_training_checkpoint, set_rng_state)
-from par_agent.training.data import build_datasets, frames_collate, recorded_env_kwargs, shift_collate
+from par_agent.training.data import acting_env_kwargs, build_datasets, frames_collate, recorded_env_kwargs, shift_collate
 from par_agent.training.distributed import all_mean, dist_setup, dist_teardown
 from par_agent.training.model import adapt_model, build_model, stage_cameras
 from par_agent.training.step import (FinetuneObjective, TokenizerObjective, ValueObjective, autocast_for, make_optimizer,
@@ -85,11 +85,18 @@ def prepare_model(args: TrainArgs, device: torch.device):
     frozen_tokens = args.stage != "tokenizer" and not args.shift_aug and not encoder_parameters(args, model)
     train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats, tokens_from=model if frozen_tokens else None)
     if args.stage == "finetune" and resume is None:
-        dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]))
-        model, reinit = adapt_model(model, **dims, env_kwargs=recorded_env_kwargs(args.data, args.cameras))
+        dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]),
+                    perception_targets=args.perception_targets,
+                    perception_dim=len(data_stats.get("perception_mean", ())))
+        env_kwargs = recorded_env_kwargs(args.data, args.cameras)
+        if args.perception_targets:
+            env_kwargs = acting_env_kwargs(env_kwargs, model.cfg.task_names[0], dims["state_dim"])
+        model, reinit = adapt_model(model, **dims, env_kwargs=env_kwargs)
         if reinit:  # e.g. PickCube's 29 state values after video pretraining with 25
             note += f"; {dims} from the data (re-initialised {', '.join(reinit)})"
         set_dataset_stats(model.action_norm, model.state_norm, data_stats)
+        if model.perception_norm is not None:
+            model.perception_norm.set_stats(data_stats["perception_mean"], data_stats["perception_std"])
     return model.to(device).train(), train_set, val_sets, resume, note
 
 

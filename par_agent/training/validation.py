@@ -19,7 +19,8 @@ from par_agent.training.step import autocast_for
 @torch.no_grad()
 def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, out_dir: Path | None, step: int,
              max_windows: int = 16, batch_size: int = 16) -> dict[str, float]:
-    """Frame PSNR (dB) of teacher-forced next-frame predictions, tokenizer PSNR, action MSE; in the
+    """Frame PSNR (dB) of teacher-forced next-frame predictions, tokenizer PSNR, action MSE, the perception
+    head's mean absolute error (raw units, e.g. metres; ``val/perception_mae``); in the
     value stage the progress head's mean absolute error and how often it ranks a window's later frame
     above the earlier one (``val/progress_order``).
 
@@ -58,6 +59,9 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
         if "actions" in pred:
             sq, am = action_errors(pred["actions"], batch)
             scores["val/action_mse"].append(sq.mean(-1)[am])
+        if model.perception_head is not None and "perception" in batch:  # mean absolute error, raw units
+            err = (model.read_perception(batch) - batch["perception"]).abs().mean(-1)
+            scores["val/perception_mae"].append(err[fmask])
         if out_dir is not None and start == 0:
             write_validation_video(frames[0, 1:], img[0], out_dir / f"val-{step:08d}.mp4")
     model.train()

@@ -1,0 +1,102 @@
+"""par-train finetune --perception-targets: the task state (from a privileged copy of the demos) becomes
+the perception head's target instead of a state input, and the policy acts in the plain env."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from par_agent.train import main as train_main
+
+TINY = ["--preset", "tiny", "--batch-size", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def privileged_pushcube(pushcube_demos, tmp_path_factory):
+    """The 2 PushCube demos with ManiSkill's privileged fields (goal_pos, obj_pose) added."""
+    from par_agent.data import privileged
+
+    out = tmp_path_factory.mktemp("priv")
+    privileged.main(["--data", str(pushcube_demos), "--out", str(out), "--no-progress"])
+    return out / pushcube_demos.name
+
+
+def test_targets_leave_the_state_and_come_back_as_perception(privileged_pushcube):
+    from par_agent.data.dataset import PhysicalStepDataset
+
+    plain = PhysicalStepDataset(privileged_pushcube, history=2, chunk_size=8)
+    ds = PhysicalStepDataset(privileged_pushcube, history=2, chunk_size=8, perception_keys=("obj_pose", "goal_pos"))
+    assert plain.states.shape[-1] == 25 + 3 + 7 and ds.states.shape[-1] == 25  # the rgb env's state
+    item = ds[1]
+    assert item["perception"].shape == (2, 7 + 3)
+    # in the order given: obj_pose (7) then goal_pos (3), the values the privileged state held
+    rows = item["frame_index"]
+    torch.testing.assert_close(item["perception"][:, 7:], torch.from_numpy(plain.states[rows, 25:28]))
+    torch.testing.assert_close(item["perception"][:, :7], torch.from_numpy(plain.states[rows, 28:35]))
+    assert set(ds.stats) >= {"perception_mean", "perception_std"} and ds.stats["perception_mean"].shape == (10,)
+
+
+def test_a_missing_target_is_named_with_the_fix(pushcube_demos):
+    from par_agent.data.dataset import PhysicalStepDataset
+
+    with pytest.raises(ValueError, match=r"no extra/obj_pose.*par_agent\.data\.privileged"):
+        PhysicalStepDataset(pushcube_demos, history=2, chunk_size=8, perception_keys=("obj_pose",))
+
+
+def test_the_perception_loss_joins_the_model_loss_and_reaches_the_backbone(privileged_pushcube, tmp_path):
+    from par_agent.config import PARConfig
+    from par_agent.data.dataset import PhysicalStepDataset
+    from par_agent.models import PhysicalAutoregressiveModel
+
+    cfg = PARConfig.named("tiny", chunk_size=8, history=2, perception_targets=("obj_pose", "goal_pos"),
+                          perception_dim=10, perception_loss_weight=0.5)
+    ds = PhysicalStepDataset(privileged_pushcube, history=2, chunk_size=8, image_size=cfg.image_size,
+                             perception_keys=cfg.perception_targets)
+    model = PhysicalAutoregressiveModel(cfg)
+    model.perception_norm.set_stats(ds.stats["perception_mean"], ds.stats["perception_std"])
+    batch = torch.utils.data.default_collate([ds[0], ds[2]])
+    torch.manual_seed(0)
+    out = model(batch)
+    torch.manual_seed(0)
+    without = model({k: v for k, v in batch.items() if k != "perception"})
+    assert "perception_loss" not in without
+    assert out["loss"].item() == pytest.approx(without["loss"].item() + 0.5 * out["perception_loss"].item(), rel=1e-5)
+    out["perception_loss"].backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("backbone.") and p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    pred = model.read_perception(batch)
+    assert pred.shape == (2, 2, 10)
+
+    with pytest.raises(ValueError, match="perception_dim"):
+        PARConfig.named("tiny", perception_targets=("obj_pose",))
+
+
+def test_finetune_with_targets_acts_in_the_plain_env(privileged_pushcube, tmp_path):
+    from par_agent.evaluate import run as eval_main
+    from par_agent.models import PhysicalAutoregressiveModel
+    from par_agent.policy import PARPolicy
+
+    run = tmp_path / "run"
+    train_main(["finetune", "--data", str(privileged_pushcube), "--out", str(run), "--steps", "2", *TINY,
+                "--perception-targets", "goal_pos", "obj_pose", "--val-fraction", "0.5", "--val-every", "2",
+                "--log-every", "1"])
+    model = PhysicalAutoregressiveModel.from_pretrained(run / "finetune" / "final")
+    assert model.cfg.perception_targets == ("goal_pos", "obj_pose") and model.cfg.perception_dim == 10
+    assert model.cfg.state_dim == 25 and model.perception_norm.fitted
+    metrics = (run / "finetune" / "metrics.csv").read_text()
+    assert "train/perception_loss" in metrics and "val/perception_mae" in metrics
+    policy = PARPolicy.from_pretrained(run / "finetune" / "final")
+    assert policy.env_kwargs["obs_mode"] == "rgb"  # the privileged copy recorded rgb+state_dict
+    report = tmp_path / "report.json"
+    eval_main(["--policy", str(run / "finetune" / "final"), "--task", "PushCube-v1", "--episodes", "1",
+               "--max-episode-steps", "3", "--out", str(report), "--no-progress"])
+    r = json.loads(report.read_text())
+    assert r["env"]["obs_mode"] == "rgb" and r["per_seed"][0]["length"] == 3
+
+
+def test_targets_outside_finetune_are_refused(pushcube_demos, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["pretrain-video", "--data", str(pushcube_demos), "--out", str(tmp_path / "x"), "--steps", "1",
+                    *TINY, "--perception-targets", "obj_pose"])
+    assert "--perception-targets is for the finetune stage" in capsys.readouterr().err
