@@ -87,17 +87,24 @@ def _recorded_seeds(h5_paths) -> list[int]:
     return seeds
 
 
-def _check_same_cameras(h5_paths, wanted: dict) -> None:
-    """Refuse to top up a folder whose demos were recorded with other camera settings."""
+def _check_same_settings(h5_paths, sensor_configs: dict, source_desc: str) -> None:
+    """Refuse to top up a folder whose demos were recorded with other camera settings (their
+    ``env_kwargs.sensor_configs``) or other planner noise (their ``source_desc``): one folder, one setting."""
     from mani_skill.utils.io_utils import load_json
 
     for p in h5_paths:
         j = Path(p).with_suffix(".json")
-        if j.exists():
-            had = load_json(str(j)).get("env_info", {}).get("env_kwargs", {}).get("sensor_configs")
-            if had is not None and had != wanted:
-                raise ValueError(f"{j} was recorded with sensor_configs={had}, this run asks for {wanted} "
-                                 "(--camera-size / --camera-fov / --cameras): use another --out")
+        if not j.exists():
+            continue
+        meta = load_json(str(j))
+        recorded = {"sensor_configs": meta.get("env_info", {}).get("env_kwargs", {}).get("sensor_configs"),
+                    "source_desc": meta.get("source_desc")}
+        wanted = {"sensor_configs": (sensor_configs, "--camera-size / --camera-fov / --cameras"),
+                  "source_desc": (source_desc, "--action-noise")}
+        for name, (value, flags) in wanted.items():
+            if recorded[name] is not None and recorded[name] != value:
+                raise ValueError(f"{j} was recorded with {name}={recorded[name]!r}, this run asks for {value!r} "
+                                 f"({flags}): use another --out")
 
 
 def plan_succeeded(result) -> bool:
@@ -108,19 +115,6 @@ def plan_succeeded(result) -> bool:
 def _source_desc(noise: JointNoise) -> str:
     desc = "ManiSkill motion planning solution, collected with par-collect"
     return desc if noise.sigma == 0 else f"{desc}; {noise.describe()}"
-
-
-def _check_same_source(h5_paths, wanted: str) -> None:
-    """Refuse to top up a folder whose demos were recorded with other planner noise."""
-    from mani_skill.utils.io_utils import load_json
-
-    for p in h5_paths:
-        j = Path(p).with_suffix(".json")
-        if j.exists():
-            had = load_json(str(j)).get("source_desc")
-            if had is not None and had != wanted:
-                raise ValueError(f"{j} was recorded as {had!r}, this run would record {wanted!r} "
-                                 "(--action-noise): use another --out")
 
 
 def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_size, cameras, max_episode_steps,
@@ -243,8 +237,8 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
         existing = ([final] if have_final else []) + _finished_chunks(chunk_dir)
         from envs import sensor_configs
 
-        _check_same_cameras(existing, sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)))
-        _check_same_source(existing, _source_desc(noise))
+        _check_same_settings(existing, sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)),
+                             _source_desc(noise))
         seeds = _recorded_seeds(existing)
         have = len(seeds)
         todo = num_demos - have

@@ -27,7 +27,8 @@ from par_agent.tokenizers import background_frame
 from par_agent.training.args import STAGES, TrainArgs
 from par_agent.training.checkpoints import (ema_copy_to, latest_checkpoint, load_ema_state, make_ema,
                                             save_training_checkpoint, set_rng_state)
-from par_agent.training.data import acting_env_kwargs, build_datasets, frames_collate, recorded_env_kwargs, shift_collate
+from par_agent.training.data import (acting_env_kwargs, build_datasets, frames_collate, recorded_env_kwargs,
+                                     shift_collate)
 from par_agent.training.distributed import all_mean, dist_setup, dist_teardown
 from par_agent.training.model import adapt_model, build_model, stage_cameras
 from par_agent.training.step import (FinetuneObjective, TokenizerObjective, ValueObjective, autocast_for, make_optimizer,
