@@ -94,6 +94,15 @@ def test_finetune_with_targets_acts_in_the_plain_env(privileged_pushcube, tmp_pa
     r = json.loads(report.read_text())
     assert r["env"]["obs_mode"] == "rgb" and r["per_seed"][0]["length"] == 3
 
+    # the benchmark scores the head's positions per field, beside the training mean's error
+    from benchmarks.perception_error import main as perception_error
+
+    errors = perception_error(["--policy", str(run / "finetune" / "final"), "--data", str(privileged_pushcube),
+                               "--split", "all", "--windows", "4", "--out", str(tmp_path / "err.json")])
+    assert set(errors) == {"goal_pos", "obj_pose"}
+    assert all(e["model_cm"] >= 0 and e["mean_cm"] > 0 for e in errors.values())
+    assert json.loads((tmp_path / "err.json").read_text())["errors"] == errors
+
 
 def test_targets_outside_finetune_are_refused(pushcube_demos, tmp_path, capsys):
     with pytest.raises(SystemExit):
