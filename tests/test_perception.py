@@ -72,36 +72,53 @@ def test_the_perception_loss_joins_the_model_loss_and_reaches_the_backbone(privi
         PARConfig.named("tiny", perception_targets=("obj_pose",))
 
 
-def test_finetune_with_targets_acts_in_the_plain_env(privileged_pushcube, tmp_path):
+@pytest.fixture(scope="module")
+def perception_run(privileged_pushcube, tmp_path_factory):
+    """A tiny model fine-tuned 2 steps on the privileged PushCube demos with their two privileged fields as
+    perception targets; returns its final folder."""
+    run = tmp_path_factory.mktemp("percept")
+    train_main(["finetune", "--data", str(privileged_pushcube), "--out", str(run), "--steps", "2", *TINY,
+                "--perception-targets", "goal_pos", "obj_pose", "--val-fraction", "0.5", "--val-every", "2",
+                "--log-every", "1"])
+    return run / "finetune" / "final"
+
+
+def test_finetune_with_targets_acts_in_the_plain_env(perception_run, tmp_path):
     from par_agent.evaluate import run as eval_main
     from par_agent.models import PhysicalAutoregressiveModel
     from par_agent.policy import PARPolicy
 
-    run = tmp_path / "run"
-    train_main(["finetune", "--data", str(privileged_pushcube), "--out", str(run), "--steps", "2", *TINY,
-                "--perception-targets", "goal_pos", "obj_pose", "--val-fraction", "0.5", "--val-every", "2",
-                "--log-every", "1"])
-    model = PhysicalAutoregressiveModel.from_pretrained(run / "finetune" / "final")
+    model = PhysicalAutoregressiveModel.from_pretrained(perception_run)
     assert model.cfg.perception_targets == ("goal_pos", "obj_pose") and model.cfg.perception_dim == 10
     assert model.cfg.state_dim == 25 and model.perception_norm.fitted
-    metrics = (run / "finetune" / "metrics.csv").read_text()
+    metrics = (perception_run.parent / "metrics.csv").read_text()
     assert "train/perception_loss" in metrics and "val/perception_mae" in metrics
-    policy = PARPolicy.from_pretrained(run / "finetune" / "final")
+    policy = PARPolicy.from_pretrained(perception_run)
     assert policy.env_kwargs["obs_mode"] == "rgb"  # the privileged copy recorded rgb+state_dict
     report = tmp_path / "report.json"
-    eval_main(["--policy", str(run / "finetune" / "final"), "--task", "PushCube-v1", "--episodes", "1",
+    eval_main(["--policy", str(perception_run), "--task", "PushCube-v1", "--episodes", "1",
                "--max-episode-steps", "3", "--out", str(report), "--no-progress"])
     r = json.loads(report.read_text())
     assert r["env"]["obs_mode"] == "rgb" and r["per_seed"][0]["length"] == 3
 
-    # the benchmark scores the head's positions per field, beside the training mean's error
+
+def test_the_benchmarks_score_positions_per_field(perception_run, privileged_pushcube, tmp_path):
+    """perception_error: the head's error per field beside the training mean's; locate_cubes: regressors on
+    pixels and on tokens, trained on one episode and scored on the other."""
+    from benchmarks.locate_cubes import main as locate
     from benchmarks.perception_error import main as perception_error
 
-    errors = perception_error(["--policy", str(run / "finetune" / "final"), "--data", str(privileged_pushcube),
+    errors = perception_error(["--policy", str(perception_run), "--data", str(privileged_pushcube),
                                "--split", "all", "--windows", "4", "--out", str(tmp_path / "err.json")])
     assert set(errors) == {"goal_pos", "obj_pose"}
     assert all(e["model_cm"] >= 0 and e["mean_cm"] > 0 for e in errors.values())
     assert json.loads((tmp_path / "err.json").read_text())["errors"] == errors
+
+    out = locate(["--model", str(perception_run), "--data", str(privileged_pushcube), "--fields", "obj_pose",
+                  "goal_pos", "--epochs", "1", "--threads", "1"])
+    assert out["frames"]["train"] > 0 and out["frames"]["val"] > 0
+    for k in ("pixels_cm", "tokens_cm", "train_mean_cm"):
+        assert len(out[k]) == 2 and all(v >= 0 for v in out[k])
 
 
 def test_targets_outside_finetune_are_refused(pushcube_demos, tmp_path, capsys):
