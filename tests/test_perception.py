@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,9 +115,18 @@ def test_the_benchmarks_score_positions_per_field(perception_run, privileged_pus
     assert all(e["model_cm"] >= 0 and e["mean_cm"] > 0 for e in errors.values())
     assert json.loads((tmp_path / "err.json").read_text())["errors"] == errors
 
-    out = locate(["--model", str(perception_run), "--data", str(privileged_pushcube), "--fields", "obj_pose",
-                  "goal_pos", "--epochs", "1", "--threads", "1"])
-    assert out["frames"]["train"] > 0 and out["frames"]["val"] > 0
+    args = ["--model", str(perception_run), "--data", str(privileged_pushcube), "--fields", "obj_pose", "goal_pos",
+            "--epochs", "1", "--threads", "1"]
+    plain = locate(args)
+    cache = tmp_path / "scenes.npz"
+    out = locate(args + ["--scenes", "2", "--scenes-cache", str(cache)])  # 2 random layouts, 3 frames each
+    assert out["frames"]["train"] == plain["frames"]["train"] + 6 and out["frames"]["val"] > 0
+    with np.load(cache) as z:
+        assert z["frames"].shape[0] == 6 and z["positions"].shape == (6, 6)
+        assert not np.allclose(z["positions"][0, :3], z["positions"][3, :3])  # two layouts, two cube places
+    assert locate(args + ["--scenes", "2", "--scenes-cache", str(cache)])["frames"] == out["frames"]  # read back
+    with pytest.raises(SystemExit, match="holds 2 layouts"):
+        locate(args + ["--scenes", "3", "--scenes-cache", str(cache)])
     for k in ("pixels_cm", "tokens_cm", "train_mean_cm"):
         assert len(out[k]) == 2 and all(v >= 0 for v in out[k])
 
