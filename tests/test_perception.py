@@ -131,6 +131,13 @@ def test_the_benchmarks_score_positions_per_field(perception_run, privileged_pus
         assert len(out[k]) == 2 and all(v >= 0 for v in out[k])
 
 
+def test_a_resume_with_other_targets_is_refused(perception_run, privileged_pushcube):
+    """The run folder's checkpoints learned these targets; resuming with others would silently drop them."""
+    run = perception_run.parent.parent
+    with pytest.raises(ValueError, match=r"trained with --perception-targets \['goal_pos', 'obj_pose'\].*asks for \[\]"):
+        train_main(["finetune", "--data", str(privileged_pushcube), "--out", str(run), "--steps", "3", *TINY])
+
+
 def test_targets_outside_finetune_are_refused(pushcube_demos, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(["pretrain-video", "--data", str(pushcube_demos), "--out", str(tmp_path / "x"), "--steps", "1",

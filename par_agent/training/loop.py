@@ -73,6 +73,10 @@ def prepare_model(args: TrainArgs, device: torch.device):
     resume = latest_checkpoint(args.out / args.stage)
     if resume is not None:
         model, note = PhysicalAutoregressiveModel.from_pretrained(resume), f"resuming from {resume}"
+        if args.stage == "finetune" and tuple(args.perception_targets) != model.cfg.perception_targets:
+            raise ValueError(f"{resume} was trained with --perception-targets {list(model.cfg.perception_targets)}, "
+                             f"this run asks for {list(args.perception_targets)}: resume with the same targets, "
+                             "or use another --out")
     else:
         model, note = build_model(args)
     model.to(device)  # the frozen tokenizer encodes the dataset on the training device
