@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.perception_error import field_sizes, position_columns
 from par_agent.atomic import atomic_file
 
 
@@ -81,29 +82,16 @@ def random_scenes(task: str, env_kwargs: dict, fields, num: int, moves: int = 4,
         frames.append(np.asarray(obs["sensor_data"][cams[0]]["rgb"][0].cpu()))
         labels.append(np.concatenate([np.asarray(obs["extra"][k][0, :3].cpu()) for k in fields]))
 
+    low, high = env.action_space.low, env.action_space.high
     for i in range(num):
         obs, _ = env.reset(seed=seed + i)
         record(obs)
-        low, high = env.action_space.low, env.action_space.high
         for t in range(1, moves + 1):
             obs, *_ = env.step(rng.uniform(low, high).astype(np.float32))
             if t % every == 0:
                 record(obs)
     env.close()
     return np.stack(frames), np.stack(labels).astype(np.float32)
-
-
-def position_columns(path: str | Path, fields) -> list[int]:
-    """The columns of each field's position (its first 3 numbers) in the fields' concatenation."""
-    from par_agent.data.compact import open_h5
-
-    cols, start = [], 0
-    with open_h5(Path(path)) as f:
-        name = sorted((k for k in f if k.startswith("traj_")), key=lambda k: int(k[5:]))[0]
-        for k in fields:
-            cols += list(range(start, start + 3))
-            start += int(np.prod(f[name]["obs/extra"][k].shape[1:]))
-    return cols
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,7 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
     from par_agent.models import PhysicalAutoregressiveModel
 
     model = PhysicalAutoregressiveModel.from_pretrained(a.model).eval()
-    cfg, cols = model.cfg, position_columns(a.data, a.fields)
+    cfg = model.cfg
+    cols = [i for c in position_columns(field_sizes(a.data, a.fields)).values() for i in range(c.start, c.stop)]
+    if len(cols) != 3 * len(a.fields):
+        raise SystemExit(f"--fields {a.fields}: each must hold a position (at least 3 numbers)")
     kw = dict(history=2, chunk_size=cfg.chunk_size, image_size=cfg.image_size, perception_keys=tuple(a.fields),
               cameras=cfg.env_kwargs.get("cameras", ("base_camera",)))
     train = PhysicalStepDataset(a.data, split="train", **kw)

@@ -21,11 +21,18 @@ import torch
 
 def field_sizes(path: str | Path, keys) -> dict[str, int]:
     """Each target field's size in the concatenated targets (its order), read off the first episode of ``path``."""
-    from par_agent.data.compact import open_h5
+    from par_agent.data.compact import open_h5, trajectory_names
 
     with open_h5(Path(path)) as f:
-        name = sorted((k for k in f if k.startswith("traj_")), key=lambda k: int(k[5:]))[0]
-        return {k: int(np.prod(f[name]["obs/extra"][k].shape[1:])) for k in keys}
+        first = f[trajectory_names(f)[0]]
+        return {k: int(np.prod(first["obs/extra"][k].shape[1:])) for k in keys}
+
+
+def position_columns(sizes: dict[str, int]) -> dict[str, slice]:
+    """Each field's position, its first 3 numbers, as columns of the fields' concatenation (``sizes``
+    in order, :func:`field_sizes`); fields of fewer than 3 numbers hold no position and are left out."""
+    starts = np.cumsum([0, *sizes.values()])[:-1]
+    return {k: slice(int(s), int(s) + 3) for (k, size), s in zip(sizes.items(), starts) if size >= 3}
 
 
 @torch.no_grad()
@@ -44,12 +51,8 @@ def perception_errors(model, ds, sizes: dict[str, int], windows: int = 64,
         true.append(batch["perception"][mask])
     pred, true = torch.cat(pred).numpy(), torch.cat(true).numpy()
     mean = model.perception_norm.get_stats()[0]
-    out, start = {}, 0
-    for name, size in sizes.items():
-        cols = slice(start, start + 3)
-        start += size
-        if size < 3:
-            continue
+    out = {}
+    for name, cols in position_columns(sizes).items():
         dist = lambda p: float(np.linalg.norm(p[:, cols] - true[:, cols], axis=-1).mean() * 100)  # noqa: E731
         out[name] = {"model_cm": dist(pred), "mean_cm": dist(np.broadcast_to(mean, true.shape))}
     return out

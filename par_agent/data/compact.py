@@ -37,6 +37,11 @@ def open_h5(path) -> h5py.File:
         raise ValueError(f"{path}: cannot read the .h5 (truncated or corrupt file?): {err}") from err
 
 
+def trajectory_names(f: h5py.File) -> list[str]:
+    """The ``traj_N`` groups of an open ManiSkill trajectory file, in episode order (N as a number)."""
+    return sorted((k for k in f.keys() if k.startswith("traj_")), key=lambda k: int(k[5:]))
+
+
 def load_episodes_json(h5_path) -> dict:
     """The ManiSkill ``.json`` next to ``h5_path`` (``{}`` when absent)."""
     j = Path(h5_path).with_suffix(".json")
@@ -163,8 +168,7 @@ def export_compact(h5_path, out_dir, crf: int = 18, fps: Optional[int] = None, d
     episodes_meta = {int(ep["episode_id"]): ep for ep in meta_json.get("episodes", [])}
     episodes = []
     with open_h5(h5_path) as f:
-        names = sorted((k for k in f.keys() if k.startswith("traj_")), key=lambda k: int(k[5:]))
-        for name in names:
+        for name in trajectory_names(f):
             g = f[name]
             sensor = g.get("obs/sensor_data")
             cameras = sorted(c for c in sensor.keys() if "rgb" in sensor[c]) if sensor is not None else []

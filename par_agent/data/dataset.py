@@ -49,6 +49,7 @@ from par_agent.data.compact import (
     read_compact_meta,
     read_group,
     read_video,
+    trajectory_names,
 )
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -103,7 +104,7 @@ def _h5_episodes(path: Path, cameras: Sequence[str], perception_keys: Sequence[s
     order = _state_order(json.loads(meta.read_text()).get("env_info")) if meta.is_file() else None
     with open_h5(path) as f:
         try:
-            names = sorted((k for k in f.keys() if k.startswith("traj_")), key=lambda k: int(k[5:]))
+            names = trajectory_names(f)
         except (OSError, RuntimeError, KeyError) as err:
             raise ValueError(f"{path}: cannot read the .h5 (truncated or corrupt file?): {err}") from err
         if not names:

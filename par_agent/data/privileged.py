@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from envs import gym_make
 from par_agent.atomic import atomic_file, replace_text
-from par_agent.data.compact import load_episodes_json, open_h5, read_group
+from par_agent.data.compact import load_episodes_json, open_h5, read_group, trajectory_names
 from par_agent.data.dataset import demo_h5_files
 
 
@@ -88,7 +88,7 @@ def convert(src: Path, dst: Path, atol: float = 1e-4, progress: bool = True) -> 
     dst.parent.mkdir(parents=True, exist_ok=True)
     added: set[str] = set()
     with atomic_file(dst) as tmp, open_h5(src) as fin, h5py.File(tmp, "w") as fout:
-        names = sorted((k for k in fin.keys() if k.startswith("traj_")), key=lambda k: int(k[5:]))
+        names = trajectory_names(fin)
         for name in tqdm(names, desc=src.name, disable=not progress):
             g = fin[name]
             if "env_states" not in g:
