@@ -181,3 +181,34 @@ def test_gpu_check_runs_every_part_on_the_cpu(pushcube_demos, tmp_path):
     scaled = rep["parts"]["scaled"]
     assert scaled["steps"] >= 2 and scaled["summary"]["step"] == scaled["steps"]
     assert PARPolicy.from_pretrained(str(tmp_path / "scaled")).cfg.action_dim == 8
+
+
+@pytest.mark.maniskill
+def test_cube_visibility_counts_hidden_cubes_and_splits_reports(tmp_path):
+    """StackCube's first frame at seed +13 (64 px, fov 0.8): the arm at rest covers cube A entirely
+    while cube B shows; a report's outcomes split by cube A's visibility; a report of another task
+    is refused."""
+    import json
+
+    from benchmarks import cube_visibility as vis
+
+    seeds = [1_000_000, 1_000_013]
+    px = vis.visible_pixels("StackCube-v1", ["cubeA", "cubeB"], seeds, camera_size=64, camera_fov=0.8)
+    assert px.shape == (2, 2)
+    assert px[0].min() > 10                      # both cubes in view at seed +0
+    assert px[1, 0] == 0 and px[1, 1] > 10       # cube A behind the gripper at seed +13
+
+    report = {"task": "StackCube-v1", "per_seed": [
+        {"seed": 1_000_000, "success": True, "reached": {"is_cubeA_grasped": True}},
+        {"seed": 1_000_013, "success": False, "reached": {"is_cubeA_grasped": False}},
+        {"seed": 1_000_001, "success": False, "reached": {"is_cubeA_grasped": True}}]}
+    split = vis.split_outcomes(report, {1_000_013}, "is_cubeA_grasped")
+    assert split == {"hidden": [0, 1], "visible": [2, 2]}
+    assert vis.split_outcomes(report, {1_000_013}, "success") == {"hidden": [0, 1], "visible": [1, 2]}
+
+    path = tmp_path / "rep.json"
+    path.write_text(json.dumps({**report, "task": "PickCube-v1"}))
+    with pytest.raises(SystemExit, match="PickCube-v1"):
+        vis.main(["--seeds", "1", "--camera-fov", "0.8", "--reports", str(path)])
+    with pytest.raises(ValueError, match="no object"):
+        vis.visible_pixels("StackCube-v1", ["cube"], seeds[:1])
