@@ -212,3 +212,42 @@ def test_cube_visibility_counts_hidden_cubes_and_splits_reports(tmp_path):
         vis.main(["--seeds", "1", "--camera-fov", "0.8", "--reports", str(path)])
     with pytest.raises(ValueError, match="no object"):
         vis.visible_pixels("StackCube-v1", ["cube"], seeds[:1])
+
+
+@pytest.mark.maniskill
+def test_state_offset_moves_every_field_of_an_object_consistently():
+    """benchmarks/state_offset.py: on a real StackCube state (rgb+state_dict layout), each cube's
+    offset moves its pose and every relative field with it, so ManiSkill's identities
+    (tcp_to_cubeA_pos = cubeA - tcp, cubeA_to_cubeB_pos = cubeB - cubeA) still hold, the cube has
+    moved by exactly the radius, horizontally, and a new episode draws a new offset; an object
+    without a position field is refused."""
+    import numpy as np
+
+    from benchmarks import state_offset
+    from envs import flatten_state
+    from envs.state import _state_only_obs, extra_order
+
+    cols = state_offset.offset_columns("StackCube-v1", ["cubeA", "cubeB"])
+    assert sorted(c for c, _ in cols["cubeA"]) == [25, 26, 39, 40, 45, 46]
+    assert sorted(c for c, _ in cols["cubeB"]) == [32, 33, 42, 43, 45, 46]
+    s = np.asarray(flatten_state(_state_only_obs("StackCube-v1"), extra_order("StackCube-v1"))).reshape(1, -1)
+    assert s.shape == (1, 48)
+
+    class Echo:
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return obs["state"], state
+
+    wrapped = state_offset.OffsetStatePolicy(Echo(), cols, radius=0.02, seed=0)
+    out, _ = wrapped.predict({"state": np.repeat(s, 2, 0)}, episode_start=[True, True])
+    tcp, a, b = out[:, 18:21], out[:, 25:28], out[:, 32:35]
+    np.testing.assert_allclose(out[:, 39:42], a - tcp, atol=1e-5)
+    np.testing.assert_allclose(out[:, 42:45], b - tcp, atol=1e-5)
+    np.testing.assert_allclose(out[:, 45:48], b - a, atol=1e-5)
+    for shift in (a - s[:, 25:28], b - s[:, 32:35]):
+        np.testing.assert_allclose(np.linalg.norm(shift[:, :2], axis=1), 0.02, atol=1e-6)
+        np.testing.assert_allclose(shift[:, 2], 0, atol=1e-7)
+    again, _ = wrapped.predict({"state": np.repeat(s, 2, 0)}, episode_start=[False, True])
+    np.testing.assert_allclose(again[0], out[0])          # same episode, same offset
+    assert not np.allclose(again[1], out[1])              # a new episode, a new direction
+    with pytest.raises(ValueError, match="goal"):
+        state_offset.offset_columns("StackCube-v1", ["goal"])
