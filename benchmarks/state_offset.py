@@ -34,7 +34,7 @@ def offset_columns(task: str, objects: Sequence[str]) -> dict[str, list[tuple[in
     start, cols = 0, {o: [] for o in objects}
     for name, size in sizes:
         for o in objects:
-            if name == f"{o}_pose" or name == f"tcp_to_{o}_pos" or (name.endswith(f"_to_{o}_pos") and size == 3):
+            if name == f"{o}_pose" or (name.endswith(f"_to_{o}_pos") and size == 3):  # tcp_to_O, X_to_O
                 cols[o] += [(start, 1.0), (start + 1, 1.0)]
             elif name.startswith(f"{o}_to_") and name.endswith("_pos") and size == 3:
                 cols[o] += [(start, -1.0), (start + 1, -1.0)]
