@@ -1,8 +1,8 @@
 """How much of each task object the camera shows in the first frame of par-eval's seeds, and how the
 outcomes of evaluation reports split by it.
 
-Resets the task at ``par-eval``'s seeds (1,000,000 + j) with the camera a checkpoint records (or
-``--camera-size`` / ``--camera-fov``), counts each object's pixels in the first frame with ManiSkill's
+Resets the task at ``par-eval``'s seeds (1,000,000 + j) with the camera of ``--camera-size`` /
+``--camera-fov`` (a checkpoint's are in its ``env_kwargs``), counts each object's pixels in the first frame with ManiSkill's
 segmentation, and calls an object *hidden* when it shows fewer than ``--hidden-below`` times its
 median count over the seeds (the arm at its rest pose can cover a cube entirely, and a narrow view
 can cut one off). Given ``par-eval`` reports, it prints how often a sub-goal was reached on the seeds

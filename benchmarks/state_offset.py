@@ -62,10 +62,11 @@ class OffsetStatePolicy:
     def predict(self, obs: dict, state: Any = None, episode_start: Any = None, deterministic: bool = True):
         s = np.array(obs["state"], dtype=np.float32, copy=True)
         n = s.shape[0]
+        draw = np.asarray(episode_start if episode_start is not None else False, dtype=bool).reshape(-1)
         if self.offsets is None or len(self.offsets) != n:
             self.offsets = np.zeros((n, len(self.columns), 2))
-            episode_start = np.ones(n, dtype=bool)
-        for i in np.flatnonzero(np.asarray(episode_start, dtype=bool).reshape(-1)):
+            draw = np.ones(n, dtype=bool)  # first call: every env needs an offset
+        for i in np.flatnonzero(draw):
             angle = self.rng.uniform(0, 2 * np.pi, size=len(self.columns))
             self.offsets[i] = self.radius * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
         for k, cols in enumerate(self.columns.values()):
