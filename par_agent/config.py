@@ -93,6 +93,12 @@ class PARConfig:
     """Size of the flattened perception targets (0 with none)."""
     perception_loss_weight: float = 1.0
 
+    # --- object locator (acting from pixels with a policy fine-tuned on privileged state) -----
+    locator: dict = field(default_factory=dict)
+    """The :class:`~par_agent.models.locator.LocatorConfig` (as a dict) of an object locator that
+    rebuilds the privileged state fields from each frame and the plain state (``par-locate``); then
+    the policy's state input is the plain one (``input_state_dim``). {} = none: the state is read as given."""
+
     # --- inference ---------------------------------------------------------------------------
     use_kv_cache: bool = True
     best_of: int = 1
@@ -130,6 +136,13 @@ class PARConfig:
                 raise ValueError(f"PARConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.value_head_width, int) or self.value_head_width < 0:
             raise ValueError(f"PARConfig.value_head_width must be a non-negative integer, got {self.value_head_width!r}")
+        if self.locator:
+            from par_agent.models.locator import LocatorConfig
+
+            lc = LocatorConfig(**self.locator)
+            if lc.full_dim != self.state_dim:
+                raise ValueError(f"PARConfig.locator rebuilds a state of {lc.full_dim} numbers, but state_dim={self.state_dim}")
+            self.locator = lc.to_dict()
         if not isinstance(self.perception_dim, int) or self.perception_dim < 0 \
                 or bool(self.perception_dim) != bool(self.perception_targets):
             raise ValueError(f"PARConfig.perception_dim={self.perception_dim!r} must be a positive integer with "
@@ -177,6 +190,11 @@ class PARConfig:
             raise ValueError(f"PARConfig.dropout must be in [0, 1), got {self.dropout}")
 
     # --- derived sizes -----------------------------------------------------------------------
+    @property
+    def input_state_dim(self) -> int:
+        """Size of the state a policy is given: ``state_dim``, or the plain state a locator completes."""
+        return sum(int(s) for _, s in self.locator["plain_fields"]) if self.locator else self.state_dim
+
     @property
     def latent_size(self) -> int:
         """Side of the latent grid."""

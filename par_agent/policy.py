@@ -44,7 +44,7 @@ def torch_threads(n: int | None):
 def observation_space_for(cfg: PARConfig) -> spaces.Dict:
     return spaces.Dict({
         "rgb": spaces.Box(0, 255, cfg.frame_shape, np.uint8),
-        "state": spaces.Box(-np.inf, np.inf, (cfg.state_dim,), np.float32),
+        "state": spaces.Box(-np.inf, np.inf, (cfg.input_state_dim,), np.float32),
     })
 
 
@@ -187,7 +187,7 @@ class PARPolicy(BasePolicy):
                              f"({what} of any size), got {rgb.shape}")
         if rgb.shape[-3] != s:
             rgb = self._resize(rgb)
-        want = (rgb.shape[0], self.cfg.state_dim) if batched else (self.cfg.state_dim,)
+        want = (rgb.shape[0], self.cfg.input_state_dim) if batched else (self.cfg.input_state_dim,)
         if st.shape != want:
             raise ValueError(f"observation['state'] must have shape {want}, got {st.shape} (its size depends on "
                              "the task and on the env's obs_mode: envs.flatten_state; a model trained on "
@@ -257,6 +257,7 @@ class PARPolicy(BasePolicy):
         dev, cfg, model = self.model.device, self.cfg, self.model
         sel = np.asarray(envs)
         frames, state = torch.from_numpy(rgb[sel]).to(dev), torch.from_numpy(st[sel]).to(dev)
+        state = model.complete_state(frames, state)  # a locator rebuilds privileged fields from the frames
         fresh = [j for j, i in enumerate(envs) if self.contexts[i] is None]
         going = [j for j, i in enumerate(envs) if self.contexts[i] is not None]
         if fresh:
