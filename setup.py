@@ -39,6 +39,7 @@ setup(
             "par-collect=par_agent.data.collect:main",
             "par-train=par_agent.train:main",
             "par-eval=par_agent.evaluate:main",
+            "par-locate=par_agent.locate:main",
         ]
     },
 )

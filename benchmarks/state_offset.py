@@ -25,12 +25,9 @@ def offset_columns(task: str, objects: Sequence[str]) -> dict[str, list[tuple[in
     """For each object, the state columns its xy offset moves and the sign it moves them with:
     ``{object: [(column, +1 or -1), ...]}`` (x and y columns both listed), in the layout of
     ``make_env(task, obs_mode="rgb+state_dict")``'s state."""
-    from envs.state import _state_only_obs, extra_order
+    from envs.state import task_state_fields
 
-    obs = _state_only_obs(task)
-    sizes = [("qpos", obs["agent"]["qpos"].shape[-1]), ("qvel", obs["agent"]["qvel"].shape[-1])]
-    extra = obs.get("extra", {})
-    sizes += [(k, int(np.prod(extra[k].shape[1:])) or 1) for k in extra_order(task) if k in extra]
+    sizes = [(name.split("/", 1)[1], size) for name, size in task_state_fields(task)]
     start, cols = 0, {o: [] for o in objects}
     for name, size in sizes:
         for o in objects:

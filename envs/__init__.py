@@ -10,7 +10,8 @@ from envs.make import (
 )
 from envs.maniskill import SUPPORTED_TASKS, capture_only, check_task, gym_make, keep_renderer_warm
 from envs.recorder import PredictedVideoWrapper, VideoRecorder
-from envs.state import EXTRA_ORDER, STATE_DIMS, extra_order, flatten_state, state_dim, state_keys
+from envs.state import (EXTRA_ORDER, STATE_DIMS, extra_order, flatten_state, state_dim, state_fields, state_keys,
+                        task_state_fields)
 from envs.wrappers import PARObservationWrapper, SingleEnvNumpyWrapper, stitch_cameras
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "make_vec_env",
     "sensor_configs",
     "state_dim",
+    "state_fields",
     "state_keys",
     "stitch_cameras",
+    "task_state_fields",
 ]

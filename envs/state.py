@@ -89,6 +89,24 @@ def flatten_state(obs: Mapping, extra_order: Optional[Sequence[str]] = None):
     return np.concatenate(parts, axis=-1)
 
 
+def state_fields(obs: Mapping, extra_order: Optional[Sequence[str]] = None) -> list[tuple[str, int]]:
+    """``(name, size)`` of each field :func:`flatten_state` concatenates, in its order (names as
+    :func:`state_keys` gives them). ``obs`` may be batched ``(B, d)``, one step, or a stored ``(T, d)`` group."""
+    lead = np.asarray(obs["agent"]["qpos"].shape[:-1]).size
+    out = []
+    for key in state_keys(obs, extra_order):
+        group, name = key.split("/", 1)
+        shape = tuple(obs[group][name].shape)
+        out.append((key, int(np.prod(shape[lead:])) if len(shape) > lead else 1))
+    return out
+
+
+def task_state_fields(task: str) -> list[tuple[str, int]]:
+    """:func:`state_fields` of ``task`` with every field ManiSkill gives (its ``state_dict`` mode,
+    privileged fields included), in the task's order; builds a state-only env."""
+    return state_fields(_state_only_obs(task), extra_order(task))
+
+
 @lru_cache(maxsize=None)
 def extra_order(task: str) -> tuple[str, ...]:
     """ManiSkill's order of ``task``'s extra fields: the table above, else read off a state-only env."""

@@ -36,20 +36,9 @@ from par_agent.models.locator import LocatorConfig, ObjectLocator, _field_rule, 
 PART = 1000  # layouts per part file
 
 
-def state_fields(obs: dict, order) -> list[tuple[str, int]]:
-    """``(name, size)`` of each state field of a stored ``obs`` group, in the state's order."""
-    lead = obs["agent"]["qpos"].ndim - 1
-    out = [("agent/qpos", obs["agent"]["qpos"].shape[-1]), ("agent/qvel", obs["agent"]["qvel"].shape[-1])]
-    for k in order:
-        if k in obs.get("extra", {}):
-            v = np.asarray(obs["extra"][k])
-            out.append((f"extra/{k}", int(np.prod(v.shape[lead:])) if v.ndim > lead else 1))
-    return out
-
-
 def load_demos(path: Path, objects: list[str], camera: str, progress: bool = True) -> tuple[list[dict], list[tuple[str, int]], str, dict]:
     """Episodes of a privileged demo file as dicts (frames, plain and full state, object poses, env_states)."""
-    from envs.state import extra_order, flatten_state
+    from envs.state import extra_order, flatten_state, state_fields
     from par_agent.data.compact import load_episodes_json, open_h5, read_group, trajectory_names
 
     info = load_episodes_json(path).get("env_info", {})

@@ -20,16 +20,17 @@ def stack_cfg(**kw) -> LocatorConfig:
     return LocatorConfig(objects=("cubeA", "cubeB"), plain_fields=STACK_FULL[:3], full_fields=STACK_FULL, **kw)
 
 
-def test_assemble_rebuilds_manisKill_fields_from_positions():
+def test_assemble_rebuilds_maniskill_fields_from_positions():
     """A real StackCube observation: from its plain state and the cubes' true positions and yaw, every
     privileged field comes back as ManiSkill computes it (quaternions up to the cube's quarter turns)."""
     from envs import gym_make
-    from envs.state import extra_order, flatten_state
+    from envs.state import extra_order, flatten_state, state_fields, task_state_fields
 
     env = gym_make("StackCube-v1", obs_mode="state_dict", render_backend="none")
     obs, _ = env.reset(seed=3)
     env.close()
     full = flatten_state(obs, extra_order("StackCube-v1")).float()
+    assert tuple(task_state_fields("StackCube-v1")) == STACK_FULL == tuple(state_fields(obs, extra_order("StackCube-v1")))
     assert full.shape[-1] == sum(s for _, s in STACK_FULL)
     cfg = stack_cfg()
     pos = torch.stack([obs["extra"]["cubeA_pose"][:, :3], obs["extra"]["cubeB_pose"][:, :3]], 1).float()
