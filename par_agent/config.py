@@ -136,13 +136,10 @@ class PARConfig:
                 raise ValueError(f"PARConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.value_head_width, int) or self.value_head_width < 0:
             raise ValueError(f"PARConfig.value_head_width must be a non-negative integer, got {self.value_head_width!r}")
-        if self.locator:
-            from par_agent.models.locator import LocatorConfig
-
-            lc = LocatorConfig(**self.locator)
-            if lc.full_dim != self.state_dim:
-                raise ValueError(f"PARConfig.locator rebuilds a state of {lc.full_dim} numbers, but state_dim={self.state_dim}")
-            self.locator = lc.to_dict()
+        if self.locator:  # its own fields are validated by LocatorConfig when the model builds it
+            full = sum(int(s) for _, s in self.locator.get("full_fields", ()))
+            if full != self.state_dim:
+                raise ValueError(f"PARConfig.locator rebuilds a state of {full} numbers, but state_dim={self.state_dim}")
         if not isinstance(self.perception_dim, int) or self.perception_dim < 0 \
                 or bool(self.perception_dim) != bool(self.perception_targets):
             raise ValueError(f"PARConfig.perception_dim={self.perception_dim!r} must be a positive integer with "
