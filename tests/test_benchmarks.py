@@ -251,3 +251,20 @@ def test_state_offset_moves_every_field_of_an_object_consistently():
     assert not np.allclose(again[1], out[1])              # a new episode, a new direction
     with pytest.raises(ValueError, match="goal"):
         state_offset.offset_columns("StackCube-v1", ["goal"])
+
+
+def test_locator_filters_are_causal_and_restart_when_the_object_moves():
+    import numpy as np
+
+    from benchmarks.locator_filter import gated_mean, window_mean
+
+    rng = np.random.default_rng(0)
+    rest, moved = np.array([0.1, 0.0, 0.02]), np.array([0.1, 0.2, 0.02])
+    raw = np.concatenate([rest + 0.01 * rng.standard_normal((20, 3)), moved + 0.01 * rng.standard_normal((10, 3))])
+    m = gated_mean(raw, gate=0.05)
+    np.testing.assert_allclose(m[19], raw[:20].mean(0))            # the mean of the resting estimates
+    np.testing.assert_allclose(m[-1], raw[20:].mean(0))            # restarted at the move
+    np.testing.assert_allclose(gated_mean(raw[:5], 0.05), m[:5])   # causal: later frames change nothing
+    w = window_mean(raw, 4)
+    np.testing.assert_allclose(w[0], raw[0])
+    np.testing.assert_allclose(w[10], raw[7:11].mean(0))

@@ -127,3 +127,18 @@ def test_located_policy_acts_from_the_plain_env_and_survives_sb3_save(located_pi
         torch.testing.assert_close(q.model.locator.state_dict()[name], v)
     with pytest.raises(ValueError, match=r"shape \(29,\)"):
         p.predict({"rgb": obs["rgb"], "state": np.zeros(42, np.float32)})
+
+
+def test_locator_filter_benchmark_scores_resting_and_moved_frames(located_pickcube, tmp_path):
+    from benchmarks.locator_filter import main
+
+    root, _ = located_pickcube
+    data = next((root / "priv").glob("*.h5"))
+    out = main(["--policy", str(root / "run" / "final"), "--data", str(data), "--all", "--threads", "1",
+                "--out", str(tmp_path / "f.json")])
+    phases = out["objects"]["obj"]
+    assert set(phases) == {"resting", "moved"}  # the demo lifts the cube
+    for ph in phases.values():
+        assert ph["frames"] > 0 and set(ph) == {"frames", "raw", "mean", "window"}
+        assert all(np.isfinite(v["cm_mean"]) and v["cm_mean"] >= 0 for k, v in ph.items() if k != "frames")
+    assert json.loads((tmp_path / "f.json").read_text())["episodes"] == 1
