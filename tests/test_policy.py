@@ -215,3 +215,27 @@ def test_builtin_par_pickcube_acts_in_the_env_it_records(monkeypatch):
         assert env.action_space.contains(a)
         obs, *_ = env.step(a)
     env.close()
+
+
+@pytest.mark.maniskill
+def test_builtin_par_stackcube_acts_from_pixels_with_its_locator(monkeypatch):
+    """par-stackcube loads offline, at most 25 MB, carries the locator that rebuilds the cubes' state
+    from the frame, and acts in make_env(task, **policy.env_kwargs), whose state is the plain one."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from envs import make_env, state_dim
+    from par_agent.hub import PRETRAINED_DIR, builtin_names
+
+    assert "par-stackcube" in builtin_names()
+    assert sum(f.stat().st_size for f in (PRETRAINED_DIR / "par-stackcube").iterdir()) <= 25 * 2**20
+    p = PARPolicy.from_pretrained("par-stackcube")
+    assert p.task == "StackCube-v1" and p.cfg.action_dim == 4
+    assert p.env_kwargs["obs_mode"] == "rgb" and p.env_kwargs["control_mode"] == "pd_ee_delta_pos"
+    assert p.cfg.locator and p.cfg.state_dim > state_dim("StackCube-v1") == p.cfg.input_state_dim
+    env = make_env(p.task, **p.env_kwargs)
+    obs, _ = env.reset(seed=1_000_000)
+    assert obs["state"].shape == (state_dim("StackCube-v1"),)
+    for _ in range(9):  # one chunk and the start of the next
+        a, _ = p.predict(obs, deterministic=True)
+        assert env.action_space.contains(a)
+        obs, *_ = env.step(a)
+    env.close()
