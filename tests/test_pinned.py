@@ -1,0 +1,80 @@
+"""The shipped checkpoints, pinned: their actions on recorded observations, cached against uncached
+on the policy's own path, and one known seed solved.
+
+``tests/data/pinned_<name>.npz`` holds 64 control steps (8 chunks, past the first eviction) that the
+policy saw and chose in its own env (``scripts/pin_policies.py``: seed 1,000,000, deterministic,
+1 thread). A checkpoint with scrambled weights or statistics, a wrong rotary position, a cache that
+keeps a stale row or a mask that lets a token see the future changes these actions by far more than
+the tolerance below; float rounding from a reordered sum changes them by about 1e-6.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from par_agent import PARPolicy
+from par_agent.hub import builtin_names
+
+DATA = Path(__file__).parent / "data"
+ATOL = 2e-4  # actions are O(1) (normalised to [-1, 1] before unnormalising); rounding differs by ~1e-6
+
+
+def pinned(name: str) -> dict[str, np.ndarray]:
+    with np.load(DATA / f"pinned_{name}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def replay(policy: PARPolicy, rec: dict, starts: np.ndarray | None = None) -> np.ndarray:
+    """Actions (T, Da) of ``policy`` fed the recorded observations one step at a time."""
+    T = len(rec["rgb"])
+    starts = np.arange(T) == 0 if starts is None else starts
+    return np.stack([policy.predict({"rgb": rec["rgb"][t], "state": rec["state"][t]},
+                                    episode_start=starts[t:t + 1], deterministic=True)[0] for t in range(T)])
+
+
+def test_every_shipped_checkpoint_is_pinned():
+    assert sorted(builtin_names()) == sorted(p.name[len("pinned_"):-len(".npz")] for p in DATA.glob("pinned_*.npz"))
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_shipped_checkpoint_repeats_its_recorded_actions(name):
+    rec = pinned(name)
+    got = replay(PARPolicy.from_pretrained(name, num_threads=1), rec)
+    np.testing.assert_allclose(got, rec["actions"], atol=ATOL, rtol=0,
+                               err_msg=f"{name} no longer repeats its pinned actions (scripts/pin_policies.py)")
+
+
+def test_cached_equals_uncached_on_the_policys_path_with_staggered_resets():
+    """Two envs in one policy, one model call per chunk: env 1 starts 20 steps late and is reset again
+    at step 45, so the two contexts have different lengths in every call and both evict. The KV cache
+    must give the actions of recomputing every context from scratch."""
+    rec = pinned("par-pickcube")
+    T = len(rec["rgb"])
+    off = [np.arange(T), (np.arange(T) + 20) % T]
+    seq = [{"rgb": np.stack([rec["rgb"][o[t]] for o in off]), "state": np.stack([rec["state"][o[t]] for o in off])}
+           for t in range(T)]
+    starts = [np.array([t == 0, t in (0, 20 + 5, 45)]) for t in range(T)]
+    runs = {}
+    for cache in (True, False):
+        p = PARPolicy.from_pretrained("par-pickcube", num_threads=1, use_kv_cache=cache)
+        runs[cache] = np.stack([p.predict(o, episode_start=s, deterministic=True)[0] for o, s in zip(seq, starts)])
+        assert max(ctx.num_blocks for ctx in p.contexts if ctx is not None) >= 2
+    spread = np.ptp(runs[False], axis=0).max()
+    assert spread > 0.1  # a real policy's actions move: the comparison below is not between constants
+    np.testing.assert_allclose(runs[True], runs[False], atol=ATOL, rtol=0)
+    # env 0 alone (its own policy) acts as it does beside env 1
+    alone = replay(PARPolicy.from_pretrained("par-pickcube", num_threads=1), rec)
+    np.testing.assert_allclose(runs[True][:, 0], alone, atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.maniskill
+def test_par_pushcube_solves_a_known_seed():
+    """Seed 1,000,001 is solved in 63 steps in the shipped report (results/pushcube_cpu_1000demos_250ep.json)."""
+    from par_agent.evaluate import evaluate
+
+    report = evaluate(PARPolicy.from_pretrained("par-pushcube", num_threads=1), "PushCube-v1", [1_000_001],
+                      progress=False)
+    assert report["per_seed"][0]["success"], report["per_seed"]
