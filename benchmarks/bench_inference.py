@@ -4,11 +4,15 @@
     python benchmarks/bench_inference.py --json          # one JSON object
     python benchmarks/bench_inference.py --device cuda --batch 64 --contexts 1 16
     python benchmarks/bench_inference.py --device cuda --compile reduce-overhead   # CUDA graphs
+    python benchmarks/bench_inference.py --preset cpu64 --threads 1 --contexts 1 4   # the shipped size: its
+                                                         # chunk against the float32 / bfloat16 matmul rates
 
 A chunk = imagine the next frame (frame DiT) + infer K actions (backbone on [F^ BOA] + action
-DiT) + commit the real observation (frame encoder + backbone on [F BOA A S]). The context
-length is the number of real blocks already in the context. ``ms_per_control_step`` is the
-steady-state cost of a rollout with the config's own history (evictions included) / K.
+DiT) + commit the real observation (frame encoder + backbone on [F BOA A S]): the calls the policy
+makes (``model.act``, ``model.commit``). The context length is the number of real blocks already
+in the context. ``ms_per_control_step`` is the steady-state cost (median chunk of a rollout with the
+config's own history, evictions included) / K. On the CPU the chunk's FLOPs (``FlopCounterMode``)
+are set against this machine's float32 and bfloat16 matmul rates, measured in the same run.
 Weights are random: timing does not depend on them.
 
 ``--compile MODE`` compiles the two diffusion heads (``torch.compile(head, mode=MODE)``): they run
@@ -25,6 +29,7 @@ import time
 
 import torch
 
+from benchmarks.bench_train import matmul_tflops
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
 
@@ -45,48 +50,73 @@ def compile_heads(model: PhysicalAutoregressiveModel, mode: str) -> None:
     model.action_head = torch.compile(model.action_head, mode=mode)
 
 
+def _noise(cfg: PARConfig, batch: int, device: torch.device):
+    return (torch.randn(batch, cfg.frame_tokens, cfg.token_dim, device=device),
+            torch.randn(batch, cfg.chunk_size, cfg.action_dim, device=device))
+
+
+@torch.no_grad()
+def chunk(model: PhysicalAutoregressiveModel, ctx, rows: list[int], obs=None) -> None:
+    """One control chunk of every row: imagine, act, commit the next observation (the policy's calls)."""
+    cfg, dev = model.cfg, model.device
+    a, _ = model.act(ctx, rows, *_noise(cfg, len(rows), dev))
+    model.commit(ctx, rows, a, *(obs or _obs(cfg, len(rows), dev)))
+
+
 @torch.no_grad()
 def time_chunks(model: PhysicalAutoregressiveModel, context: int, batch: int, repeats: int) -> float:
     """Median ms of one chunk with ``context`` real blocks in the context (no eviction)."""
     cfg, dev = model.cfg, model.device
-    st = model.start(torch.zeros(batch, dtype=torch.long, device=dev), *_obs(cfg, batch, dev))
+    ctx, rows = model.new_contexts(batch), list(range(batch))
+    model.start(ctx, rows, torch.zeros(batch, dtype=torch.long, device=dev), *_obs(cfg, batch, dev))
     for _ in range(context - 1):
-        model.commit(st, torch.zeros(batch, cfg.chunk_size, cfg.action_dim, device=dev), *_obs(cfg, batch, dev))
+        model.commit(ctx, rows, torch.zeros(batch, cfg.chunk_size, cfg.action_dim, device=dev), *_obs(cfg, batch, dev))
+    blocks, hidden = ctx.blocks.copy(), ctx.hidden.clone()
     times = []
     for _ in range(repeats):
         obs = _obs(cfg, batch, dev)
-        n_blocks, blocks, kinds, hidden = st.num_blocks, list(st.blocks), list(st.kinds), st.hidden
         _sync(dev)
         t0 = time.perf_counter()
-        a, _ = model.act(st)
-        model.commit(st, a, *obs)
+        chunk(model, ctx, rows, obs)
         _sync(dev)
         times.append(time.perf_counter() - t0)
-        # restore the context length so every repeat measures the same point
-        st.blocks, st.kinds = blocks, kinds
-        if st.cache is not None:
-            st.cache.rollback(st.cache.length - 1 - sum(len(k) for k in kinds))
-        st.hidden = hidden
-        assert st.num_blocks == n_blocks
+        ctx.blocks[:], ctx.hidden[:] = blocks, hidden  # the same context length for every repeat
     times.sort()
     return 1000 * times[len(times) // 2]
 
 
 @torch.no_grad()
 def steady_state_ms(model: PhysicalAutoregressiveModel, batch: int, chunks: int) -> float:
-    """Mean ms per chunk over a rollout long enough to evict several times (after warm-up)."""
+    """Median ms per chunk over a rollout long enough to evict several times (after warm-up)."""
     cfg, dev = model.cfg, model.device
-    st = model.start(torch.zeros(batch, dtype=torch.long, device=dev), *_obs(cfg, batch, dev))
+    ctx, rows = model.new_contexts(batch), list(range(batch))
+    model.start(ctx, rows, torch.zeros(batch, dtype=torch.long, device=dev), *_obs(cfg, batch, dev))
     for _ in range(cfg.history):  # warm up past the first eviction
-        a, _ = model.act(st)
-        model.commit(st, a, *_obs(cfg, batch, dev))
-    _sync(dev)
-    t0 = time.perf_counter()
+        chunk(model, ctx, rows)
+    times = []
     for _ in range(chunks):
-        a, _ = model.act(st)
-        model.commit(st, a, *_obs(cfg, batch, dev))
-    _sync(dev)
-    return 1000 * (time.perf_counter() - t0) / chunks
+        obs = _obs(cfg, batch, dev)
+        _sync(dev)
+        t0 = time.perf_counter()
+        chunk(model, ctx, rows, obs)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 1000 * times[len(times) // 2]
+
+
+def chunk_flops(model: PhysicalAutoregressiveModel, batch: int = 1) -> int:
+    """Model FLOPs of one steady-state chunk (``torch.utils.flop_counter``: matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg, dev = model.cfg, model.device
+    ctx, rows = model.new_contexts(batch), list(range(batch))
+    model.start(ctx, rows, torch.zeros(batch, dtype=torch.long, device=dev), *_obs(cfg, batch, dev))
+    for _ in range(cfg.history - 2):  # a context as full as it gets before an eviction
+        chunk(model, ctx, rows)
+    with FlopCounterMode(display=False) as counter:
+        chunk(model, ctx, rows)
+    return counter.get_total_flops()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -133,6 +163,13 @@ def main(argv: list[str] | None = None) -> dict:
     ms_chunk = steady_state_ms(model_default, args.batch, args.steady_chunks)
     out["ms_per_chunk"] = ms_chunk
     out["ms_per_control_step"] = ms_chunk / cfg.chunk_size
+    if dev.type == "cpu":  # the chunk against this machine's matmul rates, measured here, now
+        flops = chunk_flops(model_default, args.batch)
+        rates = {"float32": matmul_tflops(torch.float32), "bfloat16": matmul_tflops(torch.bfloat16)}
+        out["chunk_mflop"] = flops / 1e6
+        out["matmul_tflops"] = rates
+        out["flop_limit_ms"] = {k: flops / (r * 1e12) * 1e3 for k, r in rates.items()}
+        out["x_flop_limit"] = {k: ms_chunk / v for k, v in out["flop_limit_ms"].items()}
     if "16" in out["contexts"]:
         out["speedup_at_16"] = out["contexts"]["16"]["speedup"]
     if dev.type == "cuda":
@@ -147,6 +184,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"steady state (history {cfg.history}, K={cfg.chunk_size}, {cfg.num_inference_steps} sampling steps, "
               f"batch {args.batch}, {out['threads']} threads): {ms_chunk:.1f} ms per chunk = "
               f"{out['ms_per_control_step']:.1f} ms per control step")
+        if "x_flop_limit" in out:
+            lim = out["flop_limit_ms"]
+            print(f"chunk: {out['chunk_mflop']:.0f} MFLOP; at this machine's matmul rate it would take "
+                  f"{lim['float32']:.2f} ms (float32, {out['matmul_tflops']['float32']:.3f} TFLOP/s) or "
+                  f"{lim['bfloat16']:.2f} ms (bfloat16, {out['matmul_tflops']['bfloat16']:.3f} TFLOP/s): "
+                  f"the chunk runs at {out['x_flop_limit']['float32']:.1f}x the float32 limit "
+                  f"(target <= 3x) and {out['x_flop_limit']['bfloat16']:.1f}x the bfloat16 one")
         if "speedup_at_16" in out:
             print(f"KV cache speed-up at 16 blocks: {out['speedup_at_16']:.2f}x")
         print(f"peak memory: {out['peak_memory_mb']:.0f} MB")

@@ -28,7 +28,8 @@ from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
 from par_agent.training import parse_overrides
 from par_agent.training.checkpoints import make_ema
-from par_agent.training.step import TokenizerObjective, autocast_for, make_optimizer, train_step
+from par_agent.precision import autocast_for, resolve_precision
+from par_agent.training.step import TokenizerObjective, make_optimizer, train_step
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
 
@@ -47,14 +48,30 @@ def make_batch(cfg: PARConfig, stage: str, batch: int, device: torch.device) -> 
     return out
 
 
+def matmul_tflops(dtype: torch.dtype, size: int = 512, repeats: int = 20) -> float:
+    """This machine's matmul rate (TFLOP/s) at the current thread count: the median of ``repeats``
+    products of two ``size`` x ``size`` matrices of ``dtype``."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 2 * size**3 / times[len(times) // 2] / 1e12
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def bench_stage(model: PhysicalAutoregressiveModel, stage: str, batch_size: int, steps: int, warmup: int) -> dict:
+def bench_stage(model: PhysicalAutoregressiveModel, stage: str, batch_size: int, steps: int, warmup: int,
+                precision: str = "auto") -> dict:
     dev = model.device
-    amp = autocast_for(dev)
+    amp = autocast_for(dev, precision, model.cfg.width)
     if stage == "tokenizer":
         objective, params = TokenizerObjective(model), list(model.frame_tokenizer.parameters())
     else:
@@ -98,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's dense bf16 peak, for MFU")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32"],
+                   help="number formats to time (par-train --precision); several are timed one after the other")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     if args.threads:
@@ -114,15 +133,27 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.json:
         print(f"{args.preset} config{' + ' + ' '.join(args.overrides) if args.overrides else ''}, {cfg.image_size}px, history {cfg.history}, batch {args.batch_size}, "
               f"{out['threads']} threads, device {out.get('gpu', dev)}")
-    for stage in args.stages:
-        row = bench_stage(model, stage, args.batch_size, args.steps, args.warmup)
-        if args.peak_tflops:
-            row["mfu"] = row["achieved_tflops"] / args.peak_tflops
-        out["stages"][stage] = row
+    if dev.type == "cpu":  # the target: model FLOP/s against this machine's float32 matmul rate, measured now
+        out["matmul_tflops"] = {"float32": matmul_tflops(torch.float32), "bfloat16": matmul_tflops(torch.bfloat16)}
         if not args.json:
-            mfu = f"  MFU {100 * row['mfu']:.1f}%" if "mfu" in row else ""
-            print(f"{stage:15s} {row['ms_per_step']:9.1f} ms/step  {row['samples_per_s']:8.1f} samples/s  "
-                  f"{row['gflops_per_step']:8.1f} GFLOP/step  {row['achieved_tflops']:7.3f} TFLOP/s{mfu}")
+            print(f"matmul rate here, now ({out['threads']} threads): float32 {out['matmul_tflops']['float32']:.3f} "
+                  f"TFLOP/s, bfloat16 {out['matmul_tflops']['bfloat16']:.3f} TFLOP/s")
+    for stage in args.stages:
+        for precision in args.precision:
+            row = bench_stage(model, stage, args.batch_size, args.steps, args.warmup, precision)
+            row["precision"] = resolve_precision(precision, dev, cfg.width)
+            if args.peak_tflops:
+                row["mfu"] = row["achieved_tflops"] / args.peak_tflops
+            if "matmul_tflops" in out:
+                row["x_fp32_matmul_rate"] = row["achieved_tflops"] / out["matmul_tflops"]["float32"]
+            key = stage if len(args.precision) == 1 else f"{stage}/{precision}"
+            out["stages"][key] = row
+            if not args.json:
+                mfu = f"  MFU {100 * row['mfu']:.1f}%" if "mfu" in row else ""
+                rate = f"  {row['x_fp32_matmul_rate']:.2f}x the fp32 matmul rate" if "x_fp32_matmul_rate" in row else ""
+                print(f"{key:20s} {row['precision']:5s} {row['ms_per_step']:9.1f} ms/step  {row['samples_per_s']:8.1f} "
+                      f"samples/s  {row['gflops_per_step']:8.1f} GFLOP/step  {row['achieved_tflops']:7.3f} TFLOP/s"
+                      f"{mfu}{rate}")
     if dev.type == "cuda":
         out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if args.json:

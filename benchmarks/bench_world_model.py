@@ -90,13 +90,15 @@ def main(argv: list[str] | None = None) -> dict:
                                image_size=cfg.image_size, stats=ds.stats)
     for i in starts:
         w = long[i]
-        st = model.start(w["task_id"][None], w["frames"][:1], w["state"][:1])
+        ctx = model.new_contexts(1)
+        model.start(ctx, [0], w["task_id"][None], w["frames"][:1], w["state"][:1])
         for h in range(1, hmax + 1):
-            f = tok.decode(model.predict_frame(st, generator=g))
+            noise = torch.randn(1, cfg.frame_tokens, cfg.token_dim, generator=g, device=g.device)
+            f = tok.decode(model.imagine(ctx, [0], noise))
             if h in per_h:
                 real = w["frames"][h:h + 1]
                 per_h[h].append((frame_psnr(f, real).item(), ssim(f, real).item()))
-            model.commit(st, w["actions"][h - 1:h], f, w["state"][h:h + 1])
+            model.commit(ctx, [0], w["actions"][h - 1:h], f, w["state"][h:h + 1])
     if args.actions:
         out["actions"] = action_error(model, ds)
     out["open_loop"] = {str(h): {"psnr": sum(v[0] for v in vals) / len(vals), "ssim": sum(v[1] for v in vals) / len(vals),

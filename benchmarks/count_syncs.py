@@ -75,7 +75,8 @@ def count_train_step(cfg: PARConfig, stage: str, batch_size: int = 2) -> Counter
     from benchmarks.bench_train import make_batch
     from par_agent.training.checkpoints import make_ema
     from par_agent.training.distributed import all_mean
-    from par_agent.training.step import TokenizerObjective, autocast_for, make_optimizer, train_step
+    from par_agent.precision import autocast_for
+    from par_agent.training.step import TokenizerObjective, make_optimizer, train_step
 
     model = model_on_device(cfg)
     dev = torch.device("meta")
@@ -104,11 +105,11 @@ def count_act(cfg: PARConfig, n_envs: int = 4) -> Counter:
     obs = {"rgb": rng.integers(0, 256, (n_envs, cfg.image_size, cfg.image_size, 3), dtype=np.uint8),
            "state": rng.standard_normal((n_envs, cfg.state_dim)).astype(np.float32)}
     with SimulatedDevice() as sim:
-        policy.predict(obs, episode_start=np.ones(n_envs, bool))  # first chunk: start_many
+        policy.predict(obs, episode_start=np.ones(n_envs, bool))  # first chunk: start
         for _ in range(cfg.chunk_size * (cfg.history - 1) - 1):  # up to the chunk whose commit evicts
             policy.predict(obs)
         sim.counts.clear()
-        policy.predict(obs)  # a chunk with commit_many (evicting and refilling) and act_many
+        policy.predict(obs)  # a chunk with commit (evicting and refilling) and act
     return Counter(sim.counts)
 
 

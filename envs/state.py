@@ -104,7 +104,7 @@ def state_fields(obs: Mapping, extra_order: Optional[Sequence[str]] = None) -> l
 def task_state_fields(task: str) -> list[tuple[str, int]]:
     """:func:`state_fields` of ``task`` with every field ManiSkill gives (its ``state_dict`` mode,
     privileged fields included), in the task's order; builds a state-only env."""
-    return state_fields(_state_only_obs(task), extra_order(task))
+    return state_fields(state_only_obs(task), extra_order(task))
 
 
 @lru_cache(maxsize=None)
@@ -112,11 +112,11 @@ def extra_order(task: str) -> tuple[str, ...]:
     """ManiSkill's order of ``task``'s extra fields: the table above, else read off a state-only env."""
     if task in EXTRA_ORDER:
         return EXTRA_ORDER[task]
-    obs = _state_only_obs(task)
+    obs = state_only_obs(task)
     return tuple(obs.get("extra", {}).keys())
 
 
-def _state_only_obs(task: str) -> dict:
+def state_only_obs(task: str) -> dict:
     from envs.maniskill import gym_make  # local: avoids importing ManiSkill eagerly
 
     env = gym_make(task, obs_mode="state_dict", render_backend="none")
@@ -131,4 +131,4 @@ def state_dim(task: str) -> int:
     """Size D_s of the state vector for ``task`` (builds a state-only env for unknown tasks)."""
     if task in STATE_DIMS:
         return STATE_DIMS[task]
-    return int(flatten_state(_state_only_obs(task)).shape[-1])
+    return int(flatten_state(state_only_obs(task)).shape[-1])

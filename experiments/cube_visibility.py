@@ -8,7 +8,7 @@ median count over the seeds (the arm at its rest pose can cover a cube entirely,
 can cut one off). Given ``par-eval`` reports, it prints how often a sub-goal was reached on the seeds
 where the first object is hidden and on the others::
 
-    python benchmarks/cube_visibility.py --task StackCube-v1 --camera-fov 0.8 --seeds 50 \
+    python experiments/cube_visibility.py --task StackCube-v1 --camera-fov 0.8 --seeds 50 \
         --objects cubeA cubeB --reports results/stackcube_cpu_fov08_ee*.json
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ scores two causal filters a policy could run on the frames it sees:
 
 ::
 
-    python benchmarks/locator_filter.py --policy runs/located/stackcube/final \
+    python experiments/locator_filter.py --policy runs/located/stackcube/final \
         --data data-fov08-priv/StackCube-v1/trajectory.rgb.pd_ee_delta_pos.h5 [--out results/x.json]
 """
 from __future__ import annotations

@@ -5,8 +5,8 @@ the joint-target noise of :mod:`par_agent.data.noise`. It prints, per setting, t
 that still succeed (``par-collect`` keeps only those), the mean over seeds of the largest distance of
 the noisy gripper (TCP) from the clean run's path, and the seconds per plan (no rendering)::
 
-    python benchmarks/planner_noise.py                                   # StackCube-v1, 8 seeds
-    python benchmarks/planner_noise.py --sigma 0.01 0.02 0.03 --rho 0.8 --episodes 16
+    python experiments/planner_noise.py                                   # StackCube-v1, 8 seeds
+    python experiments/planner_noise.py --sigma 0.01 0.02 0.03 --rho 0.8 --episodes 16
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def solve_once(task: str, seed: int, noise) -> tuple[bool, np.ndarray, float]:
     import mani_skill.envs  # noqa: F401
 
     from envs import gym_make
-    from par_agent.data.collect import _solutions, plan_succeeded
+    from par_agent.data.collect import motion_planners, plan_succeeded
     from par_agent.data.noise import JointTargetNoise
 
     env = gym_make(task, obs_mode="state", control_mode="pd_joint_pos", sim_backend="cpu")
@@ -45,7 +45,7 @@ def solve_once(task: str, seed: int, noise) -> tuple[bool, np.ndarray, float]:
     log = _TcpLog(env)
     t = time.perf_counter()
     try:
-        res = _solutions()[task](log, seed=seed, debug=False, vis=False)
+        res = motion_planners()[task](log, seed=seed, debug=False, vis=False)
     except Exception:  # a planning error is a failed plan, as in par-collect
         res = -1
     dt = time.perf_counter() - t

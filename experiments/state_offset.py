@@ -8,7 +8,7 @@ object's position moves with it, by ManiSkill's field names: ``O_pose`` (its fir
 ``tcp_to_O_pos`` (+offset), ``X_to_O_pos`` (+offset of O, -offset of X). The episodes run through
 ``par-eval``'s loop on its seeds, in the ``rgb+state_dict`` env, and the report is a par-eval report::
 
-    python benchmarks/state_offset.py --policy runs/priv/stackcube/finetune/final --task StackCube-v1 \
+    python experiments/state_offset.py --policy runs/priv/stackcube/finetune/final --task StackCube-v1 \
         --objects cubeA cubeB --offset-cm 2 --episodes 50 --out results/stackcube_privileged_offset2cm.json
 """
 from __future__ import annotations

@@ -3,10 +3,10 @@ some datasets and report, per dataset, the PSNR of its reconstruction of the hel
 held-out episodes of par-train's own split): over the whole frame and over the cube pixels only
 (``par_agent.metrics.object_psnr``).
 
-    python benchmarks/tokenizer_ablation.py --data data64/PushCube-v1 data64/PickCube-v1 data64/StackCube-v1 \
+    python experiments/tokenizer_ablation.py --data data64/PushCube-v1 data64/PickCube-v1 data64/StackCube-v1 \
         --init runs/protocol-cpu/video/tokenizer/final --fg-weight 0       # more steps, plain loss
-    python benchmarks/tokenizer_ablation.py --data ... --init runs/protocol-cpu/video/tokenizer/final --fg-weight 20
-    python benchmarks/tokenizer_ablation.py --data ... --preset cpu64 \
+    python experiments/tokenizer_ablation.py --data ... --init runs/protocol-cpu/video/tokenizer/final --fg-weight 20
+    python experiments/tokenizer_ablation.py --data ... --preset cpu64 \
         --set vae_stride=4 'vae_channels=[16,32,64]' patch_size=4 --fg-weight 20 --lr 2e-3  # from scratch
 
 Training is par-train's tokenizer stage itself (its objective, AdamW, cosine schedule and EMA; the

@@ -2,7 +2,8 @@
 
 Fields are grouped by purpose. ``__post_init__`` rejects bad values with a ``ValueError``
 that names the field. ``to_json`` / ``from_json`` round-trip exactly, and ``PARConfig.named``
-returns the preset sizes (``tiny`` for tests, ``small`` the default we ship).
+returns the preset sizes (``tiny`` for tests, ``small`` for GPUs, ``cpu64`` the size of every shipped
+checkpoint).
 """
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from typing import Any
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SAMPLERS = ("dpmsolver", "ddim")
 # Fields a loaded checkpoint may change: inference settings that leave the weights as they are.
-RUNTIME_FIELDS = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks", "best_of")
+RUNTIME_FIELDS = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks")
+# fields that older checkpoints record and this version dropped with the experiments behind them; a
+# checkpoint that holds one at its neutral value loads, any other value is refused by name
+RETIRED = {"value_head_width": 0, "best_of": 1, "perception_targets": [], "perception_dim": 0,
+           "perception_loss_weight": 1.0}
 ENV_KWARGS = ("control_mode", "obs_mode", "camera_size", "camera_fov", "cameras", "max_episode_steps")
 
 
@@ -66,9 +71,6 @@ class PARConfig:
     action_head_width: int = 160
     action_head_depth: int = 3
     head_num_heads: int = 4
-    value_head_width: int = 0
-    """Width of the progress (value) head that scores imagined frames for ``best_of``; 0 = none.
-    ``par-train value`` adds and trains it on a fine-tuned model."""
 
     # --- diffusion ---------------------------------------------------------------------------
     num_train_timesteps: int = 1000
@@ -83,16 +85,6 @@ class PARConfig:
     frame_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
 
-    # --- perception targets (fine-tuning only) -----------------------------------------------
-    perception_targets: tuple = ()
-    """Names of task-state fields (``obs["extra"]``, e.g. StackCube's ``cubeA_pose``) that fine-tuning
-    teaches the model to read off each block's frame-token outputs, an auxiliary loss
-    (``par-train finetune --perception-targets``). They are left out of the state and never read
-    when acting. () = none."""
-    perception_dim: int = 0
-    """Size of the flattened perception targets (0 with none)."""
-    perception_loss_weight: float = 1.0
-
     # --- object locator (acting from pixels with a policy fine-tuned on privileged state) -----
     locator: dict = field(default_factory=dict)
     """The :class:`~par_agent.models.locator.LocatorConfig` (as a dict) of an object locator that
@@ -101,9 +93,6 @@ class PARConfig:
 
     # --- inference ---------------------------------------------------------------------------
     use_kv_cache: bool = True
-    best_of: int = 1
-    """N: imagined next frames sampled per chunk; the policy acts towards the one the value head
-    scores highest (best-of-N with the world model). 1 = one frame, no scoring."""
     evict_blocks: int = 0
     """Blocks dropped when the context is full (0 = history // 2). Dropping several at once and
     re-filling the cache keeps positions and the first block identical to training windows."""
@@ -123,30 +112,20 @@ class PARConfig:
             raise ValueError(f"PARConfig.env_kwargs records cameras {list(cams)}, but num_cameras={self.num_cameras}")
         self.vae_channels = tuple(int(c) for c in self.vae_channels)
         self.task_names = tuple(str(t) for t in self.task_names)
-        self.perception_targets = tuple(str(t) for t in self.perception_targets)
         positive = [
             "image_size", "num_cameras", "vae_stride", "latent_channels", "vae_layers_per_block", "vae_norm_groups",
             "patch_size", "state_dim", "action_dim", "chunk_size", "width", "depth", "num_heads",
             "frame_head_width", "frame_head_depth", "action_head_width", "action_head_depth",
-            "head_num_heads", "num_train_timesteps", "num_inference_steps", "diffusion_batch_mul", "best_of",
+            "head_num_heads", "num_train_timesteps", "num_inference_steps", "diffusion_batch_mul",
         ]
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"PARConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.value_head_width, int) or self.value_head_width < 0:
-            raise ValueError(f"PARConfig.value_head_width must be a non-negative integer, got {self.value_head_width!r}")
         if self.locator:  # its own fields are validated by LocatorConfig when the model builds it
             full = sum(int(s) for _, s in self.locator.get("full_fields", ()))
             if full != self.state_dim:
                 raise ValueError(f"PARConfig.locator rebuilds a state of {full} numbers, but state_dim={self.state_dim}")
-        if not isinstance(self.perception_dim, int) or self.perception_dim < 0 \
-                or bool(self.perception_dim) != bool(self.perception_targets):
-            raise ValueError(f"PARConfig.perception_dim={self.perception_dim!r} must be a positive integer with "
-                             f"perception_targets, 0 without; perception_targets={list(self.perception_targets)}")
-        if self.best_of > 1 and not self.value_head_width:
-            raise ValueError(f"PARConfig.best_of={self.best_of} scores imagined frames with a value head, and this "
-                             "model has none (value_head_width=0): train one with `par-train value --init CHECKPOINT`")
         if self.history < 2:
             raise ValueError(f"PARConfig.history must be >= 2 blocks (one to act from, one to predict), got {self.history}")
         if not self.vae_channels:
@@ -240,6 +219,11 @@ class PARConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PARConfig":
+        used = {k: v for k, v in d.items() if k in RETIRED and v != RETIRED[k]}
+        if used:
+            raise ValueError(f"this checkpoint uses {sorted(used)}, experiment options that par-agent no longer has "
+                             "(their results were negative; docs/RESULTS.md): load it with par-agent 0.1")
+        d = {k: v for k, v in d.items() if k not in RETIRED}  # written by older versions at their neutral value
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -261,8 +245,8 @@ class PARConfig:
 
     @classmethod
     def named(cls, name: str, **overrides: Any) -> "PARConfig":
-        """Preset sizes: ``tiny`` (tests, 32x32 images), ``small`` (the default), ``cpu64`` (64x64
-        frames, small enough to train on a CPU)."""
+        """Preset sizes: ``tiny`` (tests, 32x32 images), ``small`` (128x128 frames, for GPUs), ``cpu64``
+        (64x64 frames, trains on a CPU; every shipped checkpoint)."""
         if name not in PRESETS:
             raise ValueError(f"unknown PARConfig preset {name!r}; choose from {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})

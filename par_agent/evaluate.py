@@ -262,9 +262,6 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-kv-cache", action="store_true")
     p.add_argument("--action-horizon", type=int, default=None,
                    help="control steps executed of each chunk before predicting again (default: the whole chunk)")
-    p.add_argument("--best-of", type=int, default=None,
-                   help="imagine N next frames per chunk and act towards the one the value head scores highest "
-                        "(needs a checkpoint trained with `par-train value`)")
     p.add_argument("--stochastic", action="store_true", help="sample with fresh noise (default: deterministic)")
     p.add_argument("--obs-mode", default=None,
                    help="ManiSkill observation mode (default: the one the policy was trained with, else 'rgb'); "
@@ -279,15 +276,13 @@ def run(argv: list[str] | None = None) -> dict:
         overrides["num_inference_steps"] = a.num_inference_steps
     if a.no_kv_cache:
         overrides["use_kv_cache"] = False
-    if a.best_of:
-        overrides["best_of"] = a.best_of
     policy = PARPolicy.from_pretrained(a.policy, device=a.device, task=a.task, num_threads=a.threads,
                                        action_horizon=a.action_horizon, **overrides)
     task = a.task or policy.task
     seeds = parse_seeds(a.seeds, a.episodes)  # an explicit --seeds list sets the number of episodes
     info = {"name": a.policy, "num_inference_steps": policy.model.num_inference_steps,
             "use_kv_cache": policy.model.use_kv_cache, "chunk_size": policy.cfg.chunk_size,
-            "action_horizon": policy.action_horizon, "history": policy.cfg.history, "best_of": policy.cfg.best_of,
+            "action_horizon": policy.action_horizon, "history": policy.cfg.history,
             "device": a.device, "threads": a.threads}
     # what decides each episode's outcome: a log of another run is not resumed
     run_id = {"policy": a.policy, "task": task, "seeds": seeds, "num_envs": a.num_envs, "vec": a.vec,

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from par_agent.atomic import atomic_file, replace_text
-from par_agent.models.locator import LocatorConfig, ObjectLocator, _field_rule, yaw_of
+from par_agent.models.locator import LocatorConfig, ObjectLocator, field_rule, yaw_of
 
 PART = 1000  # layouts per part file
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     if sum(s for _, s in full) != cfg.state_dim:
         raise SystemExit(f"the demos' state has {sum(s for _, s in full)} numbers, the policy reads {cfg.state_dim}: "
                          "pass the privileged demos the policy was fine-tuned on")
-    plain = [(n, s) for n, s in full if _field_rule(n, tuple(a.objects), dict(full)) is None]
+    plain = [(n, s) for n, s in full if field_rule(n, tuple(a.objects), dict(full)) is None]
     if sum(s for _, s in plain) != state_dim(task):
         raise SystemExit(f"after removing the fields the locator rebuilds, the state has {sum(s for _, s in plain)} "
                          f"numbers; {task}'s plain state has {state_dim(task)}: fields {plain}")

@@ -5,8 +5,9 @@
     mean_reward, _ = evaluate_policy(policy, vec_env, n_eval_episodes=10)
 
 The model runs once per chunk of K control steps and serves the chunk from a per-env queue.
-Each env keeps its own context (KV cache); it is cleared when ``episode_start[i]`` is true or
-the number of envs changes. The frames the model imagined are available from
+Each env keeps its own context (a row of the model's ``Contexts``, KV cache included); it is
+cleared when ``episode_start[i]`` is true. A batch of another size starts every env afresh, with
+a warning. The frames the model imagined are available from
 :meth:`PARPolicy.predicted_frames` for the side-by-side video.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
 
 from par_agent.config import PARConfig
-from par_agent.models import InferenceState, PhysicalAutoregressiveModel
+from par_agent.models import PhysicalAutoregressiveModel
 from par_agent.tokenizers.frames import resize_frames
 
 
@@ -120,8 +121,7 @@ class PARPolicy(BasePolicy):
         ``num_threads``, ``action_horizon``: see the class docstring.
 
         ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
-        ``sampler``, ``history``, ``evict_blocks``, ``best_of`` (best-of-N imagined frames, scored by
-        the value head that ``par-train value`` trains).
+        ``sampler``, ``history``, ``evict_blocks``.
         """
         model = PhysicalAutoregressiveModel.from_pretrained(name_or_path, device=device, **overrides)
         return cls(model, task=task, action_space=action_space, seed=seed, num_threads=num_threads,
@@ -150,7 +150,7 @@ class PARPolicy(BasePolicy):
         """Forget all history (of ``n_envs`` envs, default: keep the current count)."""
         n = n_envs if n_envs is not None else getattr(self, "n_envs", 0)
         self.n_envs = n
-        self.contexts: list[InferenceState | None] = [None] * n
+        self.context = self.model.new_contexts(n)
         self.queues: list[deque] = [deque() for _ in range(n)]
         self.last_chunk: list[torch.Tensor | None] = [None] * n
         self.predicted_tokens: list[torch.Tensor | None] = [None] * n
@@ -158,7 +158,7 @@ class PARPolicy(BasePolicy):
         self.chunks_predicted = 0
 
     def reset_env(self, i: int) -> None:
-        self.contexts[i] = None
+        self.context.reset([i])
         self.queues[i].clear()
         self.last_chunk[i] = None
         self.predicted_tokens[i] = None
@@ -231,6 +231,14 @@ class PARPolicy(BasePolicy):
         rgb, st, batched = self._check_obs(observation)
         n = rgb.shape[0]
         if n != self.n_envs:
+            if self.n_envs and self.context.started(list(range(self.n_envs))).any() and (
+                    episode_start is None or not np.asarray(episode_start, dtype=bool).all()):
+                warnings.warn(f"predict() got {n} observations after {self.n_envs}: every env's history is "
+                              "cleared (pass episode_start=[True]*n, or policy.reset(n), when the envs change)",
+                              stacklevel=3)
+            self.reset(n)
+        elif self.context.layout != self.model.context_layout or \
+                (self.context.cache is not None) != self.cfg.use_kv_cache:  # model.set_runtime(...) since
             self.reset(n)
         if episode_start is not None:
             starts = np.asarray(episode_start, dtype=bool).reshape(-1)
@@ -258,21 +266,23 @@ class PARPolicy(BasePolicy):
         sel = np.asarray(envs)
         frames, state = torch.from_numpy(rgb[sel]).to(dev), torch.from_numpy(st[sel]).to(dev)
         state = model.complete_state(frames, state)  # a locator rebuilds privileged fields from the frames
-        fresh = [j for j, i in enumerate(envs) if self.contexts[i] is None]
-        going = [j for j, i in enumerate(envs) if self.contexts[i] is not None]
+        ctx = self.context
+        started = ctx.started(envs)
+        fresh = [j for j in range(len(envs)) if not started[j]]
+        going = [j for j in range(len(envs)) if started[j]]
         if fresh:
             task = torch.full((len(fresh),), self.task_index, dtype=torch.long, device=dev)
-            for j, ctx in zip(fresh, model.start_many(task, frames[fresh], state[fresh])):
-                self.contexts[envs[j]] = ctx
-                if deterministic:
+            model.start(ctx, [envs[j] for j in fresh], task, frames[fresh], state[fresh])
+            if deterministic:
+                for j in fresh:
                     self.generators[envs[j]] = torch.Generator(device=dev).manual_seed(self.seed)
         if going:
-            model.commit_many([self.contexts[envs[j]] for j in going],
-                              torch.cat([self.last_chunk[envs[j]] for j in going]), frames[going], state[going])
+            model.commit(ctx, [envs[j] for j in going], torch.cat([self.last_chunk[envs[j]] for j in going]),
+                         frames[going], state[going])
         gens = [self.generators[i] if deterministic else None for i in envs]
-        frame_noise = torch.cat([torch.randn(model.frame_noise_shape(1), generator=g, device=dev) for g in gens])
+        frame_noise = torch.cat([torch.randn((1, cfg.frame_tokens, cfg.token_dim), generator=g, device=dev) for g in gens])
         action_noise = torch.cat([torch.randn((1, cfg.chunk_size, cfg.action_dim), generator=g, device=dev) for g in gens])
-        actions, tokens = model.act_many([self.contexts[i] for i in envs], frame_noise, action_noise)
+        actions, tokens = model.act(ctx, envs, frame_noise, action_noise)
         M = self.action_horizon
         if M < cfg.chunk_size:  # executed actions, padded as the dataset pads an episode's last block
             actions = torch.cat([actions[:, :M], actions[:, M - 1:M].expand(-1, cfg.chunk_size - M, -1)], dim=1)
@@ -283,6 +293,8 @@ class PARPolicy(BasePolicy):
         self.chunks_predicted += len(envs)
 
     def _predict(self, observation, deterministic: bool = False) -> torch.Tensor:  # SB3's abstract hook
+        if not isinstance(observation, dict):
+            raise ValueError(f"observation must be a dict with keys 'rgb' and 'state', got {type(observation).__name__}")
         obs = {k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in observation.items()}
         actions, _ = self.predict(obs, deterministic=deterministic)
         return torch.as_tensor(actions)

@@ -1,9 +1,8 @@
-"""``par-train``: the three training stages of PAR (and an optional fourth), resumable and distributed.
+"""``par-train``: the three training stages of PAR, resumable and distributed.
 
     par-train tokenizer      --data data/PushCube-v1 --out runs/pushcube          # frame autoencoder
     par-train pretrain-video --data data/ --out runs/pushcube                      # frames only, no actions
     par-train finetune       --data data/PushCube-v1 --out runs/pushcube           # frames + actions
-    par-train value          --data data/PushCube-v1 --out runs/pushcube           # progress head, for best_of
 
 Each stage writes ``OUT/<stage>/``: ``ckpt-<step>/`` training checkpoints (written to a temporary
 folder, then renamed; ``latest`` names the newest), ``metrics.csv``, TensorBoard events,

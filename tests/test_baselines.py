@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.baselines.diffusion_policy import hold_still, main
-from benchmarks.baselines.dp_policy import DPPolicy
+from experiments.baselines.diffusion_policy import hold_still, main
+from experiments.baselines.dp_policy import DPPolicy
 
 
 def test_hold_still_pads_delta_actions_with_a_still_arm():

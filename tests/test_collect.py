@@ -358,14 +358,14 @@ def test_a_top_up_with_other_cameras_or_noise_is_refused(tmp_path):
     """One folder, one setting: a recorded .json with other sensor_configs or another source_desc stops a top-up."""
     import json
 
-    from par_agent.data.collect import _check_same_settings
+    from par_agent.data.collect import check_same_settings
 
     h5 = tmp_path / "trajectory.rgb.pd_joint_pos.h5"
     cams = {"width": 64, "height": 64}
     meta = {"source_desc": "planner", "env_info": {"env_kwargs": {"sensor_configs": cams}}}
     h5.with_suffix(".json").write_text(json.dumps(meta))
-    _check_same_settings([h5], cams, "planner")  # the same settings: fine
+    check_same_settings([h5], cams, "planner")  # the same settings: fine
     with pytest.raises(ValueError, match=r"sensor_configs=.*--camera-fov / --cameras\): use another --out"):
-        _check_same_settings([h5], {"width": 128, "height": 128}, "planner")
+        check_same_settings([h5], {"width": 128, "height": 128}, "planner")
     with pytest.raises(ValueError, match=r"source_desc='planner'.*\(--action-noise\)"):
-        _check_same_settings([h5], cams, "planner; noise")
+        check_same_settings([h5], cams, "planner; noise")

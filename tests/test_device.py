@@ -80,7 +80,7 @@ def test_policy_chunk_on_a_second_device_copies_only_its_actions():
     assert count_act(PARConfig.named("tiny"), n_envs=3) == {"device->host copy": 1}
 
 
-def test_sample_window_and_lockstep_loop_on_a_second_device():
+def test_sample_window_and_inference_loop_on_a_second_device():
     from benchmarks.count_syncs import SimulatedDevice, model_on_device
     from helpers import synthetic_batch
     from par_agent.config import PARConfig
@@ -91,16 +91,17 @@ def test_sample_window_and_lockstep_loop_on_a_second_device():
     with SimulatedDevice() as sim:
         out = model.sample_window(b)
         assert out["frame_tokens"].device.type == "meta"
-        st = model.start(b["task_id"], b["frames"][:, 0], b["state"][:, 0])
+        ctx = model.new_contexts(2)
+        model.start(ctx, [0, 1], b["task_id"], b["frames"][:, 0], b["state"][:, 0])
         for n in range(1, cfg.history + 2):  # past a full context: eviction and refill
-            f = model.predict_frame(st)
-            a = model.predict_actions(st, f)
-            model.commit(st, a, b["frames"][:, n % b["frames"].shape[1]], b["state"][:, n % b["frames"].shape[1]])
+            a, _ = model.act(ctx, [0, 1], torch.zeros(2, cfg.frame_tokens, cfg.token_dim, device="meta"),
+                             torch.zeros(2, cfg.chunk_size, cfg.action_dim, device="meta"))
+            model.commit(ctx, [0, 1], a, b["frames"][:, n % b["frames"].shape[1]], b["state"][:, n % b["frames"].shape[1]])
     assert sum(sim.counts.values()) == 0, sim.counts
 
 
 def test_noise_is_drawn_on_the_generators_device(monkeypatch):
-    """sample_window (and the inference loop) draw noise where the generator lives, then move it: a CUDA
+    """sample_window draws noise where the generator lives, then moves it: a CUDA
     generator with a CUDA model must not be asked for CPU noise ("Expected a 'cpu' device type for
     generator"). No second real generator device exists on a CPU machine, so a stand-in generator
     reports the simulated device and torch.randn checks what it is asked for."""
@@ -127,6 +128,4 @@ def test_noise_is_drawn_on_the_generators_device(monkeypatch):
     b = {k: v.to("meta") for k, v in synthetic_batch(cfg, B=2).items()}
     monkeypatch.setattr(torch, "randn", randn)
     out = model.sample_window(b, generator=DeviceGenerator())
-    st = model.start(b["task_id"], b["frames"][:, 0], b["state"][:, 0])
-    model.act(st, generator=DeviceGenerator())
-    assert out["actions"].device.type == "meta" and len(asked) == 4
+    assert out["actions"].device.type == "meta" and len(asked) == 2

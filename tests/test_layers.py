@@ -1,5 +1,6 @@
 """Imports run one way (docs/ARCHITECTURE.md, Layers): no file circles, envs does not import par_agent
-(but for the lazily imported token wrapper), and no private name crosses a package boundary."""
+(but for the lazily imported token wrapper), the core never imports the experiments, benchmarks or
+tests beside it, and no private name crosses a package boundary (tests included)."""
 import ast
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def _imports(path: Path, top_level_only: bool) -> list[tuple[str, list[str]]]:
 
 
 FILES = sorted(p for pkg in ("envs", "par_agent") for p in (ROOT / pkg).rglob("*.py"))
+OUTSIDE = sorted(p for pkg in ("benchmarks", "experiments", "tests", "examples", "scripts") for p in (ROOT / pkg).rglob("*.py"))
 
 
 def test_no_import_circle_between_files():
@@ -47,9 +49,22 @@ def test_envs_does_not_import_par_agent():
 
 
 def test_no_private_names_across_packages():
-    for p in FILES:
+    for p in FILES + OUTSIDE:
         pkg = p.relative_to(ROOT).parts[0]
         for m, names in _imports(p, top_level_only=False):
-            if m.split(".")[0] in ("envs", "par_agent") and m.split(".")[0] != pkg:
+            if m.split(".")[0] in ("envs", "par_agent", "benchmarks", "experiments") and m.split(".")[0] != pkg:
                 private = [n for n in names if n.startswith("_")]
                 assert not private, f"{p.relative_to(ROOT)} imports private {private} from {m}"
+
+
+def test_core_does_not_import_what_lives_beside_it():
+    for p in FILES:
+        bad = [m for m, _ in _imports(p, top_level_only=False)
+               if m.split(".")[0] in ("benchmarks", "experiments", "tests", "examples", "scripts")]
+        assert not bad, f"{p.relative_to(ROOT)} imports {bad}"
+
+
+def test_benchmarks_hold_speed_scripts_only():
+    """benchmarks/ times and counts; diagnostics and baselines live in experiments/."""
+    names = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "__init__")
+    assert all(n.startswith("bench_") or n in ("count_syncs", "gpu_check") for n in names), names

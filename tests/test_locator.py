@@ -130,7 +130,7 @@ def test_located_policy_acts_from_the_plain_env_and_survives_sb3_save(located_pi
 
 
 def test_locator_filter_benchmark_scores_resting_and_moved_frames(located_pickcube, tmp_path):
-    from benchmarks.locator_filter import main
+    from experiments.locator_filter import main
 
     root, _ = located_pickcube
     data = next((root / "priv").glob("*.h5"))

@@ -14,14 +14,16 @@ def rollout(model, use_cache: bool, steps: int, B: int = 2, seed: int = 0):
         torch.randint(0, 256, (B, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, generator=g_obs),
         torch.randn(B, cfg.state_dim, generator=g_obs),
     )
-    st = model.start(torch.zeros(B, dtype=torch.long), *obs())
+    ctx, rows = model.new_contexts(B), list(range(B))
+    model.start(ctx, rows, torch.zeros(B, dtype=torch.long), *obs())
     acts, frames, blocks = [], [], []
     for _ in range(steps):
-        a, f = model.act(st, generator=g_noise)
+        a, f = model.act(ctx, rows, torch.randn(B, cfg.frame_tokens, cfg.token_dim, generator=g_noise),
+                         torch.randn(B, cfg.chunk_size, cfg.action_dim, generator=g_noise))
         acts.append(a)
         frames.append(f)
-        model.commit(st, a, *obs())
-        blocks.append(st.num_blocks)
+        model.commit(ctx, rows, a, *obs())
+        blocks.append(int(ctx.blocks[0]))
     return torch.stack(acts), torch.stack(frames), blocks
 
 
@@ -81,18 +83,34 @@ def test_actions_are_clipped_to_the_dataset_range():
 
 
 def test_evicted_context_looks_like_a_training_window():
+    """After an eviction a context is the training window of its blocks: the first block cut back to
+    [F S], every token at the position it has in a window; its outputs equal a fresh window's."""
+    from par_agent.models import BlockSpec, Kind, window_layout
+
     m = tiny_model()
-    m.set_runtime(use_kv_cache=True)
     cfg = m.cfg
-    fr = torch.zeros(1, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
-    s = torch.zeros(1, cfg.state_dim)
-    st = m.start(torch.zeros(1, dtype=torch.long), fr, s)
-    for _ in range(cfg.history - 1):
-        a, _ = m.act(st)
-        m.commit(st, a, fr, s)
-    assert st.num_blocks == cfg.history - cfg.eviction
-    assert st.kinds[0].tolist() == [1] * cfg.frame_tokens + [4]  # first block cut back to [F S]
-    assert st.cache.length == 1 + sum(len(k) for k in st.kinds)
+    g = torch.Generator().manual_seed(0)
+    obs = [(torch.randint(0, 256, (1, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, generator=g),
+            torch.randn(1, cfg.state_dim, generator=g)) for _ in range(cfg.history)]
+    ctx = m.new_contexts(1)
+    m.start(ctx, [0], torch.zeros(1, dtype=torch.long), *obs[0])
+    acts = []
+    for t in range(1, cfg.history):
+        a, _ = m.act(ctx, [0], torch.randn(1, cfg.frame_tokens, cfg.token_dim, generator=g),
+                     torch.randn(1, cfg.chunk_size, cfg.action_dim, generator=g))
+        acts.append(a)
+        m.commit(ctx, [0], a, *obs[t])
+    kept = cfg.history - cfg.eviction
+    assert ctx.blocks[0] == kept
+    _, kind = window_layout(BlockSpec(cfg.frame_tokens, cfg.chunk_size, True, True), kept)
+    assert kind[1:cfg.frame_tokens + 2].tolist() == [Kind.FRAME] * cfg.frame_tokens + [Kind.STATE]
+    # the same blocks run as a fresh window from [TASK]: the kept context's last-block outputs
+    first = cfg.history - kept
+    fresh = m.new_contexts(1)
+    m.start(fresh, [0], torch.zeros(1, dtype=torch.long), *obs[first])
+    for t in range(first + 1, cfg.history):
+        m.commit(fresh, [0], acts[t - 1], *obs[t])
+    torch.testing.assert_close(ctx.hidden, fresh.hidden, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("with_actions", [False, True], ids=["frames-only", "frames+actions"])

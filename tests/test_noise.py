@@ -105,7 +105,7 @@ def test_par_collect_records_the_noisy_targets_it_executed(tmp_path, capsys):
 
 
 def test_path_deviation_is_the_largest_nearest_point_distance():
-    from benchmarks.planner_noise import path_deviation
+    from experiments.planner_noise import path_deviation
 
     ref = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0]], float)
     assert path_deviation(ref, ref) == 0
@@ -115,7 +115,7 @@ def test_path_deviation_is_the_largest_nearest_point_distance():
 @pytest.mark.maniskill
 def test_planner_noise_benchmark_measures_the_plans_it_runs(capsys):
     """Same seed, no noise: the same path twice; with noise the gripper leaves it."""
-    from benchmarks.planner_noise import main, path_deviation, solve_once
+    from experiments.planner_noise import main, path_deviation, solve_once
 
     ok, clean, _ = solve_once("PushCube-v1", 0, JointNoise())
     ok2, again, _ = solve_once("PushCube-v1", 0, JointNoise())

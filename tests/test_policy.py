@@ -23,9 +23,11 @@ def test_sb3_shapes_single_and_batched():
     p = tiny_policy()
     a, state = p.predict(obs())
     assert a.shape == (8,) and a.dtype == np.float32 and state is None
-    a, _ = p.predict(obs(3))
+    with pytest.warns(UserWarning, match="got 3 observations after 1: every env's history is cleared"):
+        a, _ = p.predict(obs(3))
     assert a.shape == (3, 8)
-    assert p.n_envs == 3  # number of envs changed: history reset
+    assert p.n_envs == 3 and list(p.context.steps) == [0, 0, 0]  # number of envs changed: history reset
+    p.predict(obs(2), episode_start=np.ones(2, bool))  # said so: no warning (pytest.ini turns none into errors)
 
 
 def test_one_model_call_per_chunk_and_queue():
@@ -34,7 +36,7 @@ def test_one_model_call_per_chunk_and_queue():
     for t in range(3 * K):
         p.predict(obs(seed=t), episode_start=np.array([t == 0]))
     assert p.chunks_predicted == 3
-    assert p.contexts[0].steps == 2  # two real blocks committed after the first
+    assert p.context.steps[0] == 2  # two real blocks committed after the first
 
 
 def test_deterministic_same_observations_same_actions():
@@ -56,10 +58,10 @@ def test_action_horizon_executes_part_of_each_chunk_and_commits_it_padded():
     M = K // 2
     p = tiny_policy(action_horizon=M)
     seq = [obs(seed=t) for t in range(3 * M)]
-    with mock.patch.object(p.model, "commit_many", wraps=p.model.commit_many) as commits:
+    with mock.patch.object(p.model, "commit", wraps=p.model.commit) as commits:
         acts = [p.predict(o, episode_start=np.array([t == 0]), deterministic=True)[0] for t, o in enumerate(seq)]
     assert p.chunks_predicted == 3
-    committed = commits.call_args_list[0].args[1][0].cpu().numpy()  # (K, A), raw actions
+    committed = commits.call_args_list[0].args[2][0].cpu().numpy()  # (K, A), raw actions
     np.testing.assert_allclose(committed[:M], np.stack(acts[:M]), atol=1e-6)
     np.testing.assert_allclose(committed[M:], np.repeat(committed[M - 1:M], K - M, 0), atol=0)
     full, default = tiny_policy(action_horizon=K), tiny_policy()
@@ -73,10 +75,12 @@ def test_action_horizon_executes_part_of_each_chunk_and_commits_it_padded():
 
 def test_episode_start_clears_only_that_env():
     p = tiny_policy()
-    p.predict(obs(2), episode_start=np.array([True, True]))
-    ctx0, ctx1 = p.contexts
-    p.predict(obs(2, seed=1), episode_start=np.array([False, True]))
-    assert p.contexts[0] is ctx0 and p.contexts[1] is not ctx1
+    K = p.cfg.chunk_size
+    for t in range(K + 1):  # both envs commit a block
+        p.predict(obs(2, seed=t), episode_start=np.array([t == 0, t == 0]))
+    assert list(p.context.blocks) == [2, 2]
+    p.predict(obs(2, seed=99), episode_start=np.array([False, True]))
+    assert list(p.context.blocks) == [2, 1] and list(p.context.steps) == [1, 0]
 
 
 def test_actions_clipped_to_given_action_space():
@@ -187,7 +191,7 @@ def test_one_call_for_many_envs_equals_the_per_env_loop(use_kv_cache):
     runs = {}
     for batch in (True, False):
         p = PARPolicy(m, batch_envs=batch)
-        with mock.patch.object(m, "act_many", wraps=m.act_many) as calls:
+        with mock.patch.object(m, "act", wraps=m.act) as calls:
             runs[batch] = np.stack([p.predict(o, episode_start=s, deterministic=True)[0] for o, s in zip(seq, starts)])
         runs[f"calls{batch}"] = calls.call_count
     np.testing.assert_allclose(runs[True], runs[False], atol=1e-5)

@@ -8,13 +8,14 @@ from par_agent import PARPolicy
 
 
 class RecordingPolicy(PARPolicy):
-    """Logs, per predict() call, episode_start and the context object of every env."""
+    """Logs, per predict() call, episode_start and each env's noise generator (a new one is made when
+    an env's context starts, with deterministic=True) and committed steps."""
 
     def predict(self, observation, state=None, episode_start=None, deterministic=False):
-        before = list(getattr(self, "contexts", []))
+        before = list(getattr(self, "generators", []))
         out = super().predict(observation, state, episode_start, deterministic)
-        self.log.append((np.array(episode_start, dtype=bool), before, list(self.contexts),
-                         [c.steps if c is not None else None for c in self.contexts]))
+        self.log.append((np.array(episode_start, dtype=bool), before, list(self.generators),
+                         list(self.context.steps)))
         return out
 
 

@@ -1,5 +1,6 @@
 """par-train stages end to end on real demos, kill-and-resume, and DDP with two gloo processes."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -379,99 +380,15 @@ def test_validation_without_imageio_ffmpeg_warns_once_and_scores(tmp_path, monke
     assert len([w for w in record if "imageio-ffmpeg" in str(w.message)]) == 1
 
 
-def test_random_shift_moves_each_window_as_a_whole():
-    """One random offset of at most `pad` pixels per window, the same for all its frames, edges
-    repeated; pad 0 leaves the frames as they are."""
-    from par_agent.training.data import random_shift
-
-    B, T, H, pad = 64, 3, 16, 2
-    frames = torch.zeros(B, T, H, H, 3, dtype=torch.uint8)
-    frames[:, :, 8, 8] = 255  # one bright pixel, the same in every frame
-    frames[:, :, :, 0] = 7  # a left border column
-    out = random_shift(frames, pad, torch.Generator().manual_seed(0))
-    assert out.shape == frames.shape and out.dtype == torch.uint8
-    moves = set()
-    for b in range(B):
-        ys, xs = torch.nonzero(out[b, 0, :, :, 0] == 255, as_tuple=True)
-        assert len(ys) == 1 and abs(int(ys[0]) - 8) <= pad and abs(int(xs[0]) - 8) <= pad
-        assert torch.equal(out[b, 0], out[b, 1]) and torch.equal(out[b, 0], out[b, 2])  # one shift per window
-        moves.add((int(ys[0]), int(xs[0])))
-        s = 8 - int(xs[0])  # output column x shows input column x + s (clamped): the border fills 1 - s columns
-        n = max(1 - s, 0)
-        assert (out[b, 0, 0, :n, 0] == 7).all() and (out[b, 0, 0, n:, 0] != 7).all()
-    assert len(moves) > 10  # offsets really vary
-    assert torch.equal(random_shift(frames, 0), frames)
-
-
-def test_finetune_with_shift_augmentation_trains_on_shifted_frames(trained_run, pushcube_demos, tmp_path, monkeypatch):
-    """--shift-aug N: the batches carry frames (moved by random_shift), encoded each step by the
-    frozen tokenizer, and the run ends in a loadable final folder."""
-    from par_agent.models import PhysicalAutoregressiveModel
-    from par_agent.training import data as train_data
-
-    seen = []
-    real = train_data.random_shift
-    monkeypatch.setattr(train_data, "random_shift", lambda f, pad, g=None: seen.append(pad) or real(f, pad, g))
-    run_stage("finetune", pushcube_demos, tmp_path / "aug", 2, "--init", str(trained_run / "pretrain-video" / "final"),
-              "--shift-aug", "3")
-    assert seen and set(seen) == {3}
-    PhysicalAutoregressiveModel.from_pretrained(tmp_path / "aug" / "finetune" / "final")
-
-
-def test_finetune_with_encoder_lr_trains_the_encoder_only_and_resumes(trained_run, pushcube_demos, tmp_path):
-    """--encoder-lr: the policy's losses reach the frame encoder (at its own learning rate); the decoder
-    and latent statistics stay as the tokenizer stage left them; a resumed run keeps both groups."""
+def test_finetune_in_bf16_logs_it_and_writes_a_float32_model(trained_run, pushcube_demos, tmp_path, capsys):
+    """par-train --precision bf16: the matrix products in bfloat16 (said in the start line), finite
+    losses, and a final model whose weights stay float32."""
     from par_agent.hub import read_checkpoint
 
-    init = trained_run / "pretrain-video" / "final"
-    _, before, _ = read_checkpoint(init)
-    out = tmp_path / "enc"
-    run_stage("finetune", pushcube_demos, out, 2, "--init", str(init), "--encoder-lr", "1e-3", "--ckpt-every", "1",
-              "--ema", "0")
-    run_stage("finetune", pushcube_demos, out, 3, "--init", str(init), "--encoder-lr", "1e-3", "--ema", "0")  # resumes
-    _, after, _ = read_checkpoint(out / "finetune" / "final")
-    enc = [k for k in before if k.startswith("frame_tokenizer.vae.encoder.")]
-    dec = [k for k in before if k.startswith(("frame_tokenizer.vae.decoder.", "frame_tokenizer.latent_"))]
-    assert enc and dec
-    assert any(not torch.equal(before[k], after[k]) for k in enc)
-    assert all(torch.equal(before[k], after[k]) for k in dec)
-    trainer = torch.load(latest_checkpoint(out / "finetune") / "trainer.pt", weights_only=False)
-    lrs = sorted({g["initial_lr"] for g in trainer["optimizer"]["param_groups"]})
-    assert len(trainer["optimizer"]["param_groups"]) == 4 and lrs == [3e-4, 1e-3]  # the model's, the encoder's
-    # without the flag the tokenizer stays frozen
-    run_stage("finetune", pushcube_demos, tmp_path / "frozen", 1, "--init", str(init), "--ema", "0")
-    _, frozen, _ = read_checkpoint(tmp_path / "frozen" / "finetune" / "final")
-    assert all(torch.equal(before[k], frozen[k]) for k in enc)
-
-
-def test_encoder_recon_adds_the_weighted_reconstruction_loss_and_is_logged(trained_run, pushcube_demos, tmp_path):
-    """--encoder-recon W: fine-tuning's loss is the model's plus W times the tokenizer's reconstruction
-    loss of each window's last frame (the same random draws give the same sum), logged as train/recon."""
-    from par_agent.data.dataset import PhysicalStepDataset
-    from par_agent.models import PhysicalAutoregressiveModel
-    from par_agent.training.step import FinetuneObjective
-
-    model = PhysicalAutoregressiveModel.from_pretrained(trained_run / "finetune" / "final")
-    cfg = model.cfg
-    ds = PhysicalStepDataset(pushcube_demos, split="all", history=cfg.history, chunk_size=cfg.chunk_size,
-                             image_size=cfg.image_size)
-    batch = torch.utils.data.default_collate([ds[0], ds[3]])
-    torch.manual_seed(0)
-    out = FinetuneObjective(model, 0.5)(batch)
-    torch.manual_seed(0)
-    own = model(batch)["loss"]
-    rec = model.frame_tokenizer.loss(batch["frames"][:, -1])["loss"]
-    assert out["recon"] == pytest.approx(rec.item(), rel=1e-5)
-    assert out["loss"].item() == pytest.approx(own.item() + 0.5 * rec.item(), rel=1e-5)
-
-    out_dir = tmp_path / "recon"
-    run_stage("finetune", pushcube_demos, out_dir, 2, "--init", str(trained_run / "pretrain-video" / "final"),
-              "--encoder-lr", "1e-3", "--encoder-recon", "1", "--log-every", "1", "--ema", "0")
-    assert "train/recon" in (out_dir / "finetune" / "metrics.csv").read_text()
-    PhysicalAutoregressiveModel.from_pretrained(out_dir / "finetune" / "final")
-
-
-def test_encoder_recon_without_an_encoder_in_training_is_refused(pushcube_demos, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        run_stage("finetune", pushcube_demos, tmp_path / "x", 1, "--encoder-recon", "1")
-    assert "needs --encoder-lr" in capsys.readouterr().err
+    run_stage("finetune", pushcube_demos, tmp_path, 3, "--init", str(trained_run / "pretrain-video" / "final"),
+              "--precision", "bf16", "--log-every", "1")
+    assert "bf16 matrix products" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "finetune" / "summary.json").read_text())
+    assert math.isfinite(summary["loss"]) and math.isfinite(summary["val/action_mse"])
+    _, state, _ = read_checkpoint(tmp_path / "finetune" / "final")
+    assert all(v.dtype == torch.float32 for k, v in state.items() if v.is_floating_point())

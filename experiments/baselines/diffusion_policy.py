@@ -1,7 +1,7 @@
 """Diffusion Policy baseline: train on par-agent's demos, evaluate with par-eval's own loop.
 
-    python -m benchmarks.baselines.diffusion_policy train --data DEMOS.h5 --out runs/dp --minutes 35
-    python -m benchmarks.baselines.diffusion_policy eval --policy runs/dp/final --episodes 50 --out results/dp.json
+    python -m experiments.baselines.diffusion_policy train --data DEMOS.h5 --out runs/dp --minutes 35
+    python -m experiments.baselines.diffusion_policy eval --policy runs/dp/final --episodes 50 --out results/dp.json
 
 ``train`` reads the demos with :class:`par_agent.data.PhysicalStepDataset` (one control step per
 physical step, so a window holds consecutive frames and actions), records the demos' env
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.baselines.dp_model import DiffusionPolicyNet, DPConfig
-from benchmarks.baselines.dp_policy import DPPolicy, make_scheduler, save_policy
+from experiments.baselines.dp_model import DiffusionPolicyNet, DPConfig
+from experiments.baselines.dp_policy import DPPolicy, make_scheduler, save_policy
 from par_agent.atomic import atomic_folder
 
 
@@ -152,7 +152,7 @@ def evaluate_cli(a: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.baselines.diffusion_policy", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m experiments.baselines.diffusion_policy", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train on demos (ManiSkill .h5, compact folder or a folder of those)")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from benchmarks.baselines.dp_model import DiffusionPolicyNet, DPConfig
+from experiments.baselines.dp_model import DiffusionPolicyNet, DPConfig
 from par_agent.atomic import atomic_folder
 from par_agent.policy import torch_threads
 

@@ -38,7 +38,7 @@ CONTROL_MODE = "pd_joint_pos"
 OBS_MODE = "rgb"
 
 
-def _solutions() -> dict:
+def motion_planners() -> dict:
     from mani_skill.examples.motionplanning.panda import solutions
 
     names = {
@@ -87,7 +87,7 @@ def _recorded_seeds(h5_paths) -> list[int]:
     return seeds
 
 
-def _check_same_settings(h5_paths, sensor_configs: dict, source_desc: str) -> None:
+def check_same_settings(h5_paths, sensor_configs: dict, source_desc: str) -> None:
     """Refuse to top up a folder whose demos were recorded with other camera settings (their
     ``env_kwargs.sensor_configs``) or other planner noise (their ``source_desc``): one folder, one setting."""
     from mani_skill.utils.io_utils import load_json
@@ -134,7 +134,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
         from envs import capture_only, gym_make, keep_renderer_warm, sensor_configs
         from par_agent.data.noise import JointTargetNoise
 
-        solve = _solutions()[task]
+        solve = motion_planners()[task]
         parent = mp.parent_process()  # None when run in the calling process (one worker)
         seed = base_seed + worker_id
         done = 0
@@ -217,7 +217,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
     from envs import check_task, default_max_episode_steps
 
     check_task(task)
-    solutions = _solutions()
+    solutions = motion_planners()
     if task not in solutions:
         raise ValueError(f"no motion-planning solution for {task!r}; available: {', '.join(sorted(solutions))}")
     if num_demos < 1 or workers < 1 or chunk_size < 1:
@@ -237,7 +237,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
         existing = ([final] if have_final else []) + _finished_chunks(chunk_dir)
         from envs import sensor_configs
 
-        _check_same_settings(existing, sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)),
+        check_same_settings(existing, sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)),
                              _source_desc(noise))
         seeds = _recorded_seeds(existing)
         have = len(seeds)

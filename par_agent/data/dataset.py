@@ -16,8 +16,6 @@ An item is a window of ``T = history`` consecutive physical steps starting at an
     frame_mask   bool    (T,)             o_{s+i} is a real observation
     action_mask  bool    (T-1, K)         the action is real
     task_id      int64   ()
-    perception   float32 (T, D_p)         with ``perception_keys``: those task-state fields of o_s .. o_{s+T-1}
-                                          (left out of ``state``), the perception head's targets
 
 Frames-only mode (video pretraining) keeps ``frames``, ``frame_mask``, ``task_id`` (and ``state``
 when every source has it). Sources: ManiSkill ``.h5`` files, compact folders
@@ -53,7 +51,7 @@ from par_agent.data.compact import (
 )
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-STAT_KEYS = ("action_min", "action_max", "state_mean", "state_std", "perception_mean", "perception_std")
+STAT_KEYS = ("action_min", "action_max", "state_mean", "state_std")
 NO_RGB_HINT = (
     "it has no rgb camera observations. Collect demos with images: `par-collect --task TASK` "
     "(records obs_mode='rgb'), or replay ManiSkill demos with "
@@ -75,21 +73,9 @@ class _Episode:
 # ----------------------------------------------------------------------------- sources
 
 
-def _state_and_perception(obs: dict, order: Optional[Sequence[str]], perception_keys: Sequence[str],
-                          where: str) -> dict:
-    """``state`` (L+1, D_s) of an episode's ``obs`` (``agent``, ``extra``) and, with ``perception_keys``,
-    ``perception`` (L+1, D_p): those ``extra`` fields, flattened in the order given and left out of the state."""
-    extra = dict(obs.get("extra", {}))
-    missing = [k for k in perception_keys if k not in extra]
-    if missing:
-        raise ValueError(f"{where}: no extra/{missing[0]} to learn as a perception target (it has "
-                         f"{sorted(extra)}); add the task's privileged fields with "
-                         "`python -m par_agent.data.privileged --data DEMOS --out FOLDER`")
-    targets = [np.asarray(extra.pop(k), np.float32) for k in perception_keys]
-    out = {"state": flatten_state({**obs, "extra": extra}, order)}
-    if targets:
-        out["perception"] = np.concatenate([t.reshape(len(t), -1) for t in targets], axis=-1)
-    return out
+def _state(obs: dict, order: Optional[Sequence[str]]) -> dict:
+    """``{"state": (L+1, D_s)}`` of an episode's ``obs`` (``agent``, ``extra``), in ManiSkill's order."""
+    return {"state": flatten_state(obs, order)}
 
 
 def _state_order(env_info: dict) -> Optional[tuple[str, ...]]:
@@ -99,7 +85,7 @@ def _state_order(env_info: dict) -> Optional[tuple[str, ...]]:
     return extra_order(env_id) if env_id else None
 
 
-def _h5_episodes(path: Path, cameras: Sequence[str], perception_keys: Sequence[str] = ()) -> list[_Episode]:
+def _h5_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
     meta = path.with_suffix(".json")
     order = _state_order(json.loads(meta.read_text()).get("env_info")) if meta.is_file() else None
     with open_h5(path) as f:
@@ -121,8 +107,7 @@ def _h5_episodes(path: Path, cameras: Sequence[str], perception_keys: Sequence[s
                     g = f[name]
                     obs = g["obs"]
                     out = {"actions": g["actions"][()].astype(np.float32)}
-                    out.update(_state_and_perception({k: read_group(obs[k]) for k in ("agent", "extra") if k in obs},
-                                                     order, perception_keys, f"{path}: {name}"))
+                    out.update(_state({k: read_group(obs[k]) for k in ("agent", "extra") if k in obs}, order))
                     if with_frames:
                         sd = {c: {"rgb": obs[f"sensor_data/{c}/rgb"][()]} for c in cameras
                               if f"sensor_data/{c}/rgb" in obs}
@@ -138,7 +123,7 @@ def _h5_episodes(path: Path, cameras: Sequence[str], perception_keys: Sequence[s
     return [_Episode(f"{path.name}/{n}", str(path), loader(n), True, True) for n in names]
 
 
-def _compact_episodes(path: Path, cameras: Sequence[str], perception_keys: Sequence[str] = ()) -> list[_Episode]:
+def _compact_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
     meta = read_compact_meta(path)
     order = _state_order(meta.get("env_info"))
     if not meta["episodes"]:
@@ -154,15 +139,16 @@ def _compact_episodes(path: Path, cameras: Sequence[str], perception_keys: Seque
             data = read_compact_episode(path, e)
             obs = data["obs"]
             out = {"actions": data["actions"].astype(np.float32),
-                   **_state_and_perception({k: obs[k] for k in ("agent", "extra") if k in obs}, order,
-                                           perception_keys, f"{path}: {ep['traj']}")}
+                   **_state({k: obs[k] for k in ("agent", "extra") if k in obs}, order)}
             if with_frames:
                 out["frames"] = stitch_cameras(obs["sensor_data"], cameras)
             return out
 
         return load
 
-    return [_Episode(f"{path.name}/{ep['traj']}", str(path), loader(ep), True, True) for ep in meta["episodes"]]
+    # keyed by the .h5 it was exported from, so a compact copy splits train / held-out as its .h5 does
+    name = Path(meta["source"]).name if meta.get("source") else path.name
+    return [_Episode(f"{name}/{ep['traj']}", str(path), loader(ep), True, True) for ep in meta["episodes"]]
 
 
 def _video_episodes(paths: list[Path]) -> list[_Episode]:
@@ -210,26 +196,32 @@ def demo_h5_files(path: str | os.PathLike) -> list[Path]:
     return sorted(p for p in path.rglob("*.h5") if "chunks" not in p.parts)
 
 
-def _episodes_from_path(path, cameras, frames_only: bool, perception_keys: Sequence[str] = ()) -> list[_Episode]:
+def episodes_in(path, cameras: Sequence[str] = ("base_camera",), frames_only: bool = False) -> list[_Episode]:
+    """The episodes of one data source (a .h5, a compact folder, a folder of either, or videos), each
+    with a ``load(with_frames)`` that reads it (actions and state always, frames when asked)."""
+    return _episodes_from_path(path, tuple(cameras), frames_only)
+
+
+def _episodes_from_path(path, cameras, frames_only: bool) -> list[_Episode]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset path not found: {path}")
     if path.is_file():
         if path.suffix == ".h5":
-            return _h5_episodes(path, cameras, perception_keys)
+            return _h5_episodes(path, cameras)
         if path.suffix.lower() in VIDEO_EXTS:
             if not frames_only:
                 raise ValueError(f"{path}: a video has no actions; use frames_only=True")
             return _video_episodes([path])
         raise ValueError(f"{path}: unsupported file type (expected a ManiSkill .h5, a compact folder or videos)")
     if is_compact_dir(path):
-        return _compact_episodes(path, cameras, perception_keys)
+        return _compact_episodes(path, cameras)
     h5s = demo_h5_files(path)
     if h5s:
-        return [ep for h in h5s for ep in _h5_episodes(h, cameras, perception_keys)]
+        return [ep for h in h5s for ep in _h5_episodes(h, cameras)]
     compacts = sorted(p.parent for p in path.rglob("meta.json") if is_compact_dir(p.parent))
     if compacts:
-        return [ep for c in compacts for ep in _compact_episodes(c, cameras, perception_keys)]
+        return [ep for c in compacts for ep in _compact_episodes(c, cameras)]
     videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTS)
     if videos:
         if not frames_only:
@@ -261,21 +253,14 @@ def split_episodes(keys: Sequence[str], val_fraction: float) -> tuple[list[int],
     return train, val
 
 
-def compute_stats(actions: list[np.ndarray], states: list[np.ndarray], chunk_size: int,
-                  perception: Sequence[np.ndarray] = ()) -> dict:
-    """Normalisation statistics (float32): action_min/max (D_a,), state_mean/std (D_s,) (std >= 1e-6)
-    and, with perception targets, perception_mean/std (D_p,).
+def compute_stats(actions: list[np.ndarray], states: list[np.ndarray], chunk_size: int) -> dict:
+    """Normalisation statistics (float32): action_min/max (D_a,) and state_mean/std (D_s,) (std >= 1e-6).
 
     Args:
         actions: per episode ``(L, D_a)``.
         states: per episode ``(L+1, D_s)`` (every control step).
-        perception: per episode ``(L+1, D_p)``, the perception head's targets (optional).
     """
     stats: dict = {}
-    if len(perception):
-        p = np.concatenate(perception).astype(np.float64)
-        stats["perception_mean"] = p.mean(0).astype(np.float32)
-        stats["perception_std"] = np.maximum(p.std(0), 1e-6).astype(np.float32)
     if actions:
         a = np.concatenate(actions)
         stats["action_min"] = a.min(0).astype(np.float32)
@@ -320,7 +305,6 @@ class PhysicalStepDataset(Dataset):
             train split when ``None``.
         image_size: resize frames to this height (width keeps the aspect) at load time.
         cameras: cameras stitched left to right into ``frames`` (as ``envs.make_env``).
-        perception_keys: ``extra`` fields returned as ``perception`` targets instead of in ``state``.
     """
 
     def __init__(
@@ -335,7 +319,6 @@ class PhysicalStepDataset(Dataset):
         stats: Optional[dict] = None,
         image_size: Optional[int] = None,
         cameras: Sequence[str] = ("base_camera",),
-        perception_keys: Sequence[str] = (),
     ):
         if isinstance(paths, (str, Path)):
             paths = [paths]
@@ -350,10 +333,7 @@ class PhysicalStepDataset(Dataset):
         self.history, self.chunk_size, self.task_id = history, chunk_size, int(task_id)
         self.frames_only, self.split, self.cameras = frames_only, split, tuple(cameras)
 
-        if perception_keys and frames_only:
-            raise ValueError("perception targets are for fine-tuning (frames_only=False)")
-        self.perception_keys = tuple(perception_keys)
-        episodes = [ep for p in paths for ep in _episodes_from_path(p, self.cameras, frames_only, self.perception_keys)]
+        episodes = [ep for p in paths for ep in _episodes_from_path(p, self.cameras, frames_only)]
         if not frames_only:
             _check_one_control_mode(episodes)
         keys = [ep.key for ep in episodes]
@@ -368,7 +348,7 @@ class PhysicalStepDataset(Dataset):
         self.has_state = all(ep.has_state for ep in episodes)
 
         K = chunk_size
-        frames, states, actions, amasks, percepts = [], [], [], [], []
+        frames, states, actions, amasks = [], [], [], []
         self._n_blocks: list[int] = []
         loaded = {}
         for i in chosen:
@@ -389,8 +369,6 @@ class PhysicalStepDataset(Dataset):
             frames.append(fr)
             if self.has_state:
                 states.append(data["state"][idx].astype(np.float32))
-            if self.perception_keys:
-                percepts.append(data["perception"][idx])
             if self.has_actions:
                 a = data["actions"]
                 pad = N * K - L
@@ -401,7 +379,6 @@ class PhysicalStepDataset(Dataset):
             raise ValueError(f"no usable episodes (with at least one action) in {list(map(str, paths))}")
         self.frames = np.concatenate(frames)  # (sum N_e+1, H, W, 3) uint8
         self.states = np.concatenate(states) if self.has_state else None
-        self.perception = np.concatenate(percepts) if self.perception_keys else None
         self.actions = np.concatenate(actions).astype(np.float32) if self.has_actions else None
         self.action_valid = np.concatenate(amasks) if self.has_actions else None
         n_blocks = np.asarray(self._n_blocks)
@@ -419,7 +396,7 @@ class PhysicalStepDataset(Dataset):
         self.stats = stats
 
     def _train_stats(self, episodes, train_idx, loaded) -> dict:
-        acts, sts, percepts = [], [], []
+        acts, sts = [], []
         for i in train_idx:
             data = loaded.get(i)
             if data is None:
@@ -428,9 +405,7 @@ class PhysicalStepDataset(Dataset):
                 acts.append(data["actions"])
             if self.has_state and data.get("state") is not None:
                 sts.append(data["state"])
-            if self.perception_keys:
-                percepts.append(data["perception"])
-        stats = compute_stats(acts, sts, self.chunk_size, percepts)
+        stats = compute_stats(acts, sts, self.chunk_size)
         if not acts:  # frames only: count windows from the frames
             stats["num_windows"] = int(sum(math.ceil((len(loaded[i]["frames"]) - 1) / self.chunk_size) + 1
                                            for i in train_idx if i in loaded))
@@ -439,11 +414,6 @@ class PhysicalStepDataset(Dataset):
     @property
     def num_episodes(self) -> int:
         return len(self._n_blocks)
-
-    @property
-    def frame_progress(self) -> np.ndarray:
-        """(len(frames),) float32: each row of ``frames``, its place in its episode, 0 (first) to 1 (last)."""
-        return np.concatenate([np.arange(n + 1) / max(n, 1) for n in self._n_blocks]).astype(np.float32)
 
     @property
     def frame_shape(self) -> tuple:
@@ -465,8 +435,6 @@ class PhysicalStepDataset(Dataset):
         }
         if self.has_state:
             item["state"] = torch.from_numpy(self.states[frame_rows])
-        if self.perception is not None:
-            item["perception"] = torch.from_numpy(self.perception[frame_rows])
         if self.has_actions and T > 1:
             blocks = s + np.arange(T - 1)
             valid_block = blocks < N

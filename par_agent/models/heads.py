@@ -10,9 +10,10 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
+
+from par_agent.models.attention import attention
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -57,7 +58,7 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         q = self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)
         k, v = kv if kv is not None else self.keys_values(x)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+        return self.proj(attention(q, k, v).transpose(1, 2).flatten(2))
 
 
 class DiTBlock(nn.Module):

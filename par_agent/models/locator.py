@@ -64,7 +64,7 @@ class LocatorConfig:
             if name in plain:
                 if plain[name] != size:
                     raise ValueError(f"{name} has size {plain[name]} in the plain state but {size} in the full one")
-            elif _field_rule(name, self.objects, plain) is None:
+            elif field_rule(name, self.objects, plain) is None:
                 raise ValueError(f"the locator cannot rebuild {name}: it is not in the plain state and names no "
                                  f"located object among {list(self.objects)}")
 
@@ -94,7 +94,7 @@ def _point(name: str, objects: tuple, plain: dict) -> str | None:
     return None
 
 
-def _field_rule(name: str, objects: tuple, plain: dict) -> tuple | None:
+def field_rule(name: str, objects: tuple, plain: dict) -> tuple | None:
     """How a privileged field is rebuilt: ``("pose", obj)`` or ``("diff", src, dst)`` (dst - src), else None."""
     if not name.startswith("extra/"):
         return None
@@ -223,7 +223,7 @@ def assemble_state(cfg: LocatorConfig, plain: torch.Tensor, positions: torch.Ten
         if name in plain_names:
             parts.append(fields[name])
             continue
-        rule = _field_rule(name, cfg.objects, plain_names)
+        rule = field_rule(name, cfg.objects, plain_names)
         if rule[0] == "pose":
             i = obj[rule[1]]
             parts.append(torch.cat([positions[:, i], quat[:, i]], dim=-1)[:, :size])

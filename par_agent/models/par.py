@@ -1,39 +1,41 @@
 """PhysicalAutoregressiveModel: physical tokens in, frame and action diffusion losses out
-(parallel training), and the imagine-then-act inference loop with a KV cache.
+(parallel training), and the imagine-then-act inference loop over many episodes at once.
 
 Training (one forward for a whole window of T blocks, see ``masks.py`` for the layout):
     frame loss:  F_{n+1} denoised from the outputs of block n     (n = 0..T-2)
     action loss: A_n denoised from the outputs of [F_{n+1}, BOA]   (n = 0..T-2)
 
-Inference (``InferenceState`` holds the context of a batch of episodes in lockstep)::
+Inference (one path, ``context.py``: contexts of different lengths in fixed buffers)::
 
-    st = model.start(task, frames_0, state_0)          # prefill [TASK][F_0 S_0]
+    ctx = model.new_contexts(n_envs)                   # allocated once (KV cache included)
+    model.start(ctx, rows, task, frames_0, state_0)    # prefill [TASK][F_0 S_0] of those envs
     loop:
-        f = model.predict_frame(st)                    # imagine F_{n+1}
-        a = model.predict_actions(st, f)               # append [F^ BOA], sample A_n, roll back
-        ... execute a, observe o_{n+1} ...
-        model.commit(st, a, frames, state)             # append the real [F BOA A S]
+        actions, imagined = model.act(ctx, rows, frame_noise, action_noise)   # imagine F_{n+1}, then A_n
+        ... execute, observe o_{n+1} ...
+        model.commit(ctx, rows, actions, frames, state)                        # append [F BOA A S]
 
-The context holds at most ``history`` blocks (the real ones plus the imagined one). When it is
-full, ``eviction`` blocks are dropped at once, the first remaining block is cut back to
-[F S] and the cache is refilled, so the context always looks like a training window.
+``rows`` are the envs served by a call; their contexts may have any lengths. Lockstep is the case
+where every row is served at every call; ``use_kv_cache=False`` runs the same calls recomputing
+each context from its stored embeddings. The context holds at most ``history`` blocks; when it is
+full, ``eviction`` blocks are dropped at once, the first remaining block is cut back to [F S] and
+the context is recomputed, so it always looks like a training window.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
+
+import numpy as np
 
 import torch
 from torch import nn
 
 from par_agent.config import RUNTIME_FIELDS, PARConfig
 from par_agent.models.heads import ActionHead, Diffusion, FrameHead, camera_rows, frame_positions, repeat_cond
-from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
-from par_agent.models.transformer import Backbone, KVCache
-from par_agent.models.normalizer import Normalizer
+from par_agent.models.context import ContextLayout, Contexts
 from par_agent.models.locator import ObjectLocator, locator_from_dict
-from par_agent.models.perception import PerceptionHead
-from par_agent.models.value import ProgressHead
+from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
+from par_agent.models.normalizer import Normalizer
+from par_agent.models.transformer import Backbone, CacheView
 from par_agent.tokenizers.frames import FrameTokenizer
 
 
@@ -50,30 +52,6 @@ def _window_indices(spec: BlockSpec, num_blocks: int, device: torch.device = tor
     if spec.has_actions and num_blocks > 1:
         out["boa"] = torch.stack([pos[(block == n) & (kind == Kind.BOA)][0] for n in range(1, num_blocks)])
     return {k: v.to(device) for k, v in out.items()}
-
-
-@dataclass
-class InferenceState:
-    """Context of B episodes that advance in lockstep.
-
-    blocks: input embeddings of the real blocks, each (B, L_n, D), with kinds (L_n,).
-    hidden: backbone outputs of the last real block (B, L_last, D).
-    """
-
-    task: torch.Tensor
-    blocks: list[torch.Tensor] = field(default_factory=list)
-    kinds: list[torch.Tensor] = field(default_factory=list)
-    cache: KVCache | None = None
-    hidden: torch.Tensor | None = None
-    steps: int = 0  # physical steps committed since start
-
-    @property
-    def batch_size(self) -> int:
-        return self.task.shape[0]
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
 
 
 class PhysicalAutoregressiveModel(nn.Module):
@@ -98,10 +76,6 @@ class PhysicalAutoregressiveModel(nn.Module):
                                     cfg.head_num_heads, cfg.num_cameras)
         self.action_head = ActionHead(cfg.action_dim, K, D, cfg.action_head_width, cfg.action_head_depth, cfg.head_num_heads)
         self.diffusion = self._make_diffusion(cfg)
-        self.value_head = ProgressHead(cfg.token_dim, cfg.frame_tokens, cfg.value_head_width) \
-            if cfg.value_head_width else None
-        self.perception_norm = Normalizer(cfg.perception_dim, "meanstd") if cfg.perception_dim else None
-        self.perception_head = PerceptionHead(D, cfg.frame_tokens, cfg.perception_dim) if cfg.perception_dim else None
         self.locator = locator_from_dict(cfg.locator) if cfg.locator else None
 
     @staticmethod
@@ -119,8 +93,8 @@ class PhysicalAutoregressiveModel(nn.Module):
 
     def set_runtime(self, **changes) -> "PhysicalAutoregressiveModel":
         """Change settings that do not touch the weights (``config.RUNTIME_FIELDS``: ``num_inference_steps``,
-        ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``, ``best_of``), validated by the config; any other
-        name is a ``TypeError``. Contexts started before keep their cache sizes: call it between episodes."""
+        ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``), validated by the config; any other
+        name is a ``TypeError``. Contexts made before keep their sizes: make new ones (``new_contexts``)."""
         bad = sorted(set(changes) - set(RUNTIME_FIELDS))
         if bad:
             raise TypeError(f"unknown runtime settings {bad}; a built or loaded model may change only "
@@ -177,11 +151,8 @@ class PhysicalAutoregressiveModel(nn.Module):
         """(B, T, P, C) frame tokens of a batch: given as ``frame_tokens`` or encoded from ``frames``."""
         if "frame_tokens" in batch:
             return batch["frame_tokens"].to(self.device, torch.float32)
-        tok, frames = self.frame_tokenizer, batch["frames"].to(self.device)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in tok.encoder_parameters()):
-            return tok.latents_to_tokens(tok.encode_latents(frames))  # an encoder in training (par-train --encoder-lr)
         with torch.no_grad():
-            return tok.encode(frames)
+            return self.frame_tokenizer.encode(batch["frames"].to(self.device))
 
     # ------------------------------------------------------------------ training
     def _run_window(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, dict, torch.Tensor]:
@@ -223,9 +194,7 @@ class PhysicalAutoregressiveModel(nn.Module):
             frames (B, T, H, W, 3) uint8 or frame_tokens (B, T, P, C)
             state (B, T, Ds) raw, optional; actions (B, T-1, K, Da) raw, optional (frames only = video pretraining)
             frame_mask (B, T) bool, action_mask (B, T-1, K) bool, task_id (B,) int64 (all optional)
-            perception (B, T, Dp) raw, optional: the task state each observation shows (a model with a perception head)
-        Returns: ``loss``, ``frame_loss``, (with actions) ``action_loss`` and (with perception targets)
-        ``perception_loss``, scalars.
+        Returns: ``loss``, ``frame_loss`` and (with actions) ``action_loss``, scalars.
         """
         cfg, dev = self.cfg, self.device
         z, a_n, idx, h = self._run_window(batch)
@@ -238,7 +207,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         valid = (fmask[:, 1:] & fmask[:, :-1]).flatten()  # (B*(T-1),)
         cond = self.frame_head.prepare(h[:, idx["frame"][:-1]].flatten(0, 1), h[:, idx["last"][:-1]].flatten(0, 1))
         fweight = valid[:, None].expand(-1, cfg.frame_tokens)
-        target = z[:, 1:].detach()  # the next frame's tokens; an encoder in training learns from its inputs only
+        target = z[:, 1:]  # the next frame's tokens
         frame_loss = self.diffusion.loss(self.frame_head, target.flatten(0, 1).repeat(mul, 1, 1), repeat_cond(cond, mul),
                                          fweight.repeat(mul, 1))
         out = {"frame_loss": frame_loss, "loss": cfg.frame_loss_weight * frame_loss}
@@ -252,23 +221,12 @@ class PhysicalAutoregressiveModel(nn.Module):
             )
             out["action_loss"] = action_loss
             out["loss"] = out["loss"] + cfg.action_loss_weight * action_loss
-        if self.perception_head is not None and "perception" in batch:
-            target = self.perception_norm.normalize(batch["perception"].to(dev, torch.float32))
-            perception_loss = self.perception_head.loss(h[:, idx["frame"]].flatten(0, 1), target.flatten(0, 1),
-                                                        fmask.flatten())
-            out["perception_loss"] = perception_loss
-            out["loss"] = out["loss"] + cfg.perception_loss_weight * perception_loss
         return out
 
-    @torch.no_grad()
-    def read_perception(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The perception head's task state (B, T, Dp), raw units, for each observation of a batch of
-        windows (teacher-forced, as in training; the batch as :meth:`forward` takes it)."""
-        if self.perception_head is None:
-            raise ValueError("this model has no perception head (trained without --perception-targets)")
-        _, _, idx, h = self._run_window(batch)
-        B, T = h.shape[0], idx["frame"].shape[0]
-        return self.perception_norm.unnormalize(self.perception_head(h[:, idx["frame"]].flatten(0, 1))).view(B, T, -1)
+    def _noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        """Standard normal noise of ``shape`` drawn where ``generator`` lives, on the model's device."""
+        dev = generator.device if generator is not None else self.device
+        return torch.randn(shape, generator=generator, device=dev).to(self.device)
 
     @torch.no_grad()
     def sample_window(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -282,271 +240,121 @@ class PhysicalAutoregressiveModel(nn.Module):
         z, a_n, idx, h = self._run_window(batch)
         B, T = z.shape[:2]
         cond = self.frame_head.prepare(h[:, idx["frame"][:-1]].flatten(0, 1), h[:, idx["last"][:-1]].flatten(0, 1))
-        x0 = self._noise((B * (T - 1), cfg.frame_tokens, cfg.token_dim), None, generator, 1.0)
+        x0 = self._noise((B * (T - 1), cfg.frame_tokens, cfg.token_dim), generator)
         out = {"frame_tokens": self.diffusion.sample(self.frame_head, x0, cond, self.num_inference_steps).unflatten(0, (B, T - 1))}
         if a_n is not None:
             ctx_idx = torch.cat([idx["frame"][1:], idx["boa"][:, None]], dim=1)
             cond = self.action_head.prepare(h[:, ctx_idx].flatten(0, 1), h[:, idx["boa"]].flatten(0, 1))
-            x0 = self._noise((B * (T - 1), cfg.chunk_size, cfg.action_dim), None, generator, 1.0)
+            x0 = self._noise((B * (T - 1), cfg.chunk_size, cfg.action_dim), generator)
             a = self.diffusion.sample(self.action_head, x0, cond, self.num_inference_steps).clamp(-1, 1)
             out["actions"] = self.action_norm.unnormalize(a).unflatten(0, (B, T - 1))
         return out
 
     # ------------------------------------------------------------------ inference
-    def _meta(self, st: InferenceState, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block index and kind of every token of the context (+ extra block), on the model's device."""
-        block, kind = self._meta_cpu(st, extra)
-        return block.to(self.device), kind.to(self.device)
+    @property
+    def context_layout(self) -> ContextLayout:
+        cfg = self.cfg
+        return ContextLayout(cfg.frame_tokens, cfg.chunk_size, cfg.history, cfg.eviction)
 
-    def _run(self, st: InferenceState, emb: torch.Tensor | None = None, kinds: torch.Tensor | None = None) -> torch.Tensor:
-        """Backbone outputs of a new block appended to the context, or (emb None) of the last real
-        block after (re)filling the cache from the whole context. With the cache the new block
-        stays in it; call ``st.cache.rollback`` to take it back."""
-        full = emb is None or st.cache is None
-        block, kind = self._meta(st, kinds)
-        pos = torch.arange(len(block), device=self.device)
-        if full:
-            parts = [self.embed_task(st.task)] + st.blocks + ([emb] if emb is not None else [])
-            x = torch.cat(parts, dim=1)
-            if st.cache is not None:
-                st.cache.reset()
-            h = self.backbone(x, pos, ik_attention_mask(block, kind, pos, block, kind, pos), st.cache)
-            n = emb.shape[1] if emb is not None else st.blocks[-1].shape[1]
-            return h[:, -n:]
-        n = emb.shape[1]
-        q = slice(len(block) - n, None)
-        mask = ik_attention_mask(block[q], kind[q], pos[q], block, kind, pos)
-        return self.backbone(emb, pos[q], mask, st.cache)
+    def new_contexts(self, n: int) -> Contexts:
+        """Room for ``n`` episode contexts (one per env), with a KV cache when ``use_kv_cache``."""
+        layout, dev, dtype = self.context_layout, self.device, self.boa.dtype
+        cache = self.backbone.new_cache(n, layout.max_len, dev, dtype) if self.use_kv_cache else None
+        return Contexts(n, layout, self.cfg.width, cache, dev, dtype)
 
-    def _block(self, frames: torch.Tensor, state: torch.Tensor, actions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings (B, L, D) and kinds (L,) of a real block [F (BOA A) S]."""
-        parts, kinds = [self.embed_frames(self.frame_tokenizer.encode(frames.to(self.device)))], [Kind.FRAME] * self.cfg.frame_tokens
+    def _run(self, ctx: Contexts, rows: list[int], start: np.ndarray, x: torch.Tensor) -> torch.Tensor:
+        """Write tokens x (R, n, D) to slots start[r] .. start[r]+n-1 of contexts ``rows`` and return their
+        backbone outputs (R, n, D). With the cache only these tokens run; without it each row's whole
+        context does (the same numbers up to float rounding)."""
+        dev, n = self.device, x.shape[1]
+        rows_t = torch.as_tensor(rows, device=dev)
+        slots = torch.as_tensor(np.asarray(start)[:, None] + np.arange(n), device=dev)  # (R, n)
+        ctx.emb[rows_t[:, None], slots] = x
+        if ctx.cache is not None:
+            return self.backbone(x, slots, ctx.mask[slots], CacheView(ctx.cache, rows_t, slots))
+        M = ctx.layout.max_len
+        h = self.backbone(ctx.emb[rows_t], torch.arange(M, device=dev), ctx.mask)
+        return h[torch.arange(len(rows), device=dev)[:, None], slots]
+
+    def _block(self, frames: torch.Tensor, state: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
+        """Embeddings (R, L, D) of real blocks [F (BOA A) S]: frames (R, H, W, 3) uint8, state (R, Ds) raw,
+        actions (R, K, Da) raw or None (a first block)."""
+        parts = [self.embed_frames(self.frame_tokenizer.encode(frames.to(self.device)))]
         if actions is not None:
             parts.append(self.embed_actions(self.action_norm.normalize(actions.to(self.device, torch.float32))))
-            kinds += [Kind.BOA] + [Kind.ACTION] * self.cfg.chunk_size
         parts.append(self.embed_state(state.to(self.device, torch.float32)))
-        kinds.append(Kind.STATE)
-        return torch.cat(parts, dim=1), torch.tensor([int(k) for k in kinds])
+        return torch.cat(parts, dim=1)
 
     @torch.no_grad()
-    def start(self, task: torch.Tensor, frames: torch.Tensor, state: torch.Tensor) -> InferenceState:
-        """New context from the first observation. task (B,), frames (B, H, W, 3) uint8, state (B, Ds)."""
-        task = task.to(self.device).reshape(-1)
-        st = InferenceState(task=task)
-        if self.use_kv_cache:
-            cfg = self.cfg
-            max_len = 1 + cfg.history * (cfg.frame_tokens + cfg.chunk_size + 2)
-            st.cache = self.backbone.new_cache(len(task), max_len, self.device, self.boa.dtype)
-        emb, kinds = self._block(frames, state, None)
-        st.blocks, st.kinds = [emb], [kinds]
-        st.hidden = self._run(st)
-        return st
+    def start(self, ctx: Contexts, rows: list[int], task: torch.Tensor, frames: torch.Tensor,
+              state: torch.Tensor) -> None:
+        """(Re)start the contexts ``rows`` from their first observation: task (R,), frames (R, H, W, 3)
+        uint8, state (R, Ds)."""
+        x = torch.cat([self.embed_task(task.to(self.device).reshape(-1)), self._block(frames, state, None)], dim=1)
+        ctx.reset(rows)
+        h = self._run(ctx, rows, np.zeros(len(rows), np.int64), x)
+        ctx.hidden[torch.as_tensor(rows, device=self.device)] = h[:, 1:]
+        ctx.blocks[rows] = 1
 
-    def _noise(self, shape: tuple[int, ...], noise, generator, temperature: float) -> torch.Tensor:
-        if noise is None:
-            noise = torch.randn(shape, generator=generator, device=generator.device if generator is not None else self.device)
-        if tuple(noise.shape) != tuple(shape):
-            raise ValueError(f"noise must have shape {tuple(shape)}, got {tuple(noise.shape)}")
-        return noise.to(self.device) * temperature
-
-    def frame_noise_shape(self, batch: int) -> tuple[int, ...]:
-        """The initial noise of ``batch`` imagined frames: (B, P, C), or (B, N, P, C) with ``best_of`` N > 1."""
+    @torch.no_grad()
+    def imagine(self, ctx: Contexts, rows: list[int], noise: torch.Tensor) -> torch.Tensor:
+        """The next frame's tokens (R, P, C) of each context ``rows``, sampled from noise (R, P, C) by the
+        frame head off the last real block's outputs (the world model alone; :meth:`act` does this first)."""
         cfg = self.cfg
-        return (batch, cfg.frame_tokens, cfg.token_dim) if cfg.best_of == 1 else \
-            (batch, cfg.best_of, cfg.frame_tokens, cfg.token_dim)
-
-    def _imagine(self, hidden: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The next frame's tokens (R, P, C) from the last real block's outputs ``hidden`` (R, L, D),
-        from ``noise`` (R, P, C), or (R, N, P, C) for best-of-N: the N imagined frames of a row are
-        sampled in one batch and the one the value head scores highest is kept."""
-        P, R = self.cfg.frame_tokens, hidden.shape[0]
-        noise = noise.reshape(R, -1, P, noise.shape[-1])
-        n = noise.shape[1]
-        h = hidden.repeat_interleave(n, dim=0) if n > 1 else hidden
-        cond = self.frame_head.prepare(h[:, :P], h[:, -1])  # a block starts with its P frame tokens
-        f = self.diffusion.sample(self.frame_head, noise.flatten(0, 1), cond, self.num_inference_steps)
-        if n == 1:
-            return f
-        best = self.value_head(f).view(R, n).argmax(dim=1)
-        return f.view(R, n, P, -1)[torch.arange(R, device=f.device), best]
+        want = (len(rows), cfg.frame_tokens, cfg.token_dim)
+        if tuple(noise.shape) != want:
+            raise ValueError(f"frame noise must have shape {want}, got {tuple(noise.shape)}")
+        if not ctx.started(rows).all():
+            raise ValueError(f"contexts {[r for r in rows if not ctx.blocks[r]]} were not started (model.start)")
+        hidden = ctx.hidden[torch.as_tensor(rows, device=self.device)]
+        cond = self.frame_head.prepare(hidden[:, :-1], hidden[:, -1])
+        return self.diffusion.sample(self.frame_head, noise.to(self.device), cond, self.num_inference_steps)
 
     @torch.no_grad()
-    def predict_frame(self, st: InferenceState, noise: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
-        """Sample the next frame's tokens (B, P, C) from the last real block; with ``best_of`` N > 1,
-        the best-scored of N imagined frames (``noise`` is then (B, N, P, C))."""
-        x0 = self._noise(self.frame_noise_shape(st.batch_size), noise, generator, temperature)
-        return self._imagine(st.hidden, x0)
-
-    @torch.no_grad()
-    def progress(self, frame_tokens: torch.Tensor) -> torch.Tensor:
-        """The value head's progress (B,) in [0, 1] of frames given as tokens (B, P, C)."""
-        if self.value_head is None:
-            raise ValueError("this model has no value head (value_head_width=0): train one with `par-train value`")
-        return self.value_head(frame_tokens.to(self.device))
-
-    @torch.no_grad()
-    def predict_actions(self, st: InferenceState, frame_tokens: torch.Tensor, noise: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
-        """Sample the action chunk (B, K, Da), raw units, that leads to the imagined frame (B, P, C)."""
-        cfg = self.cfg
-        emb = torch.cat([self.embed_frames(frame_tokens.to(self.device)), self.embed_boa((st.batch_size,))], dim=1)
-        kinds = torch.tensor([int(Kind.FRAME)] * cfg.frame_tokens + [int(Kind.BOA)])
-        h = self._run(st, emb, kinds)
-        if st.cache is not None:
-            st.cache.rollback(emb.shape[1])
-        cond = self.action_head.prepare(h, h[:, -1])
-        x0 = self._noise((st.batch_size, cfg.chunk_size, cfg.action_dim), noise, generator, temperature)
-        a = self.diffusion.sample(self.action_head, x0, cond, self.num_inference_steps).clamp(-1, 1)
-        return self.action_norm.unnormalize(a)
-
-    @torch.no_grad()
-    def commit(self, st: InferenceState, actions: torch.Tensor, frames: torch.Tensor, state: torch.Tensor) -> None:
-        """Append the real block: the executed chunk (B, K, Da) raw, and the observation it led to."""
-        emb, kinds = self._block(frames, state, actions)
-        st.steps += 1
-        if st.num_blocks + 1 >= self.cfg.history:  # no room left for the next imagined block
-            self._evict(st, emb, kinds)
-            st.hidden = self._run(st)
-        else:
-            st.hidden = self._run(st, emb, kinds)
-            st.blocks.append(emb)
-            st.kinds.append(kinds)
-
-    def _evict(self, st: InferenceState, emb: torch.Tensor, kinds: torch.Tensor) -> None:
-        """Append the real block (emb, kinds), drop the ``eviction`` oldest blocks and cut the first one
-        left back to [F S], so the context looks like a training window (its cache is then refilled)."""
-        ev = self.cfg.eviction
-        st.blocks, st.kinds = (st.blocks + [emb])[ev:], (st.kinds + [kinds])[ev:]
-        first, k = st.blocks[0], st.kinds[0]
-        if Kind.BOA in k.tolist():  # [F BOA A S] -> [F S]: the frames lead a block, the state ends it (host-side kinds)
-            P = self.cfg.frame_tokens
-            st.blocks[0], st.kinds[0] = torch.cat([first[:, :P], first[:, -1:]], dim=1), torch.cat([k[:P], k[-1:]])
-
-    @torch.no_grad()
-    def act(self, st: InferenceState, generator: torch.Generator | None = None,
-            temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Imagine the next frame, then infer the chunk. Returns (actions (B, K, Da), frame tokens (B, P, C))."""
-        f = self.predict_frame(st, generator=generator, temperature=temperature)
-        return self.predict_actions(st, f, generator=generator, temperature=temperature), f
-
-    # ------------------------------------------------------------------ many episodes in one call
-    # The functions below take a list of contexts, one episode each (batch 1), whose lengths may
-    # differ (episodes reset at different times), and serve them with one backbone call: the policy's
-    # path for many envs. Row r's tokens are right-aligned behind padding, keep their own positions
-    # (so the rotary phases are those of a call for that context alone) and the padding is masked.
-
-    def _run_rows(self, states: list[InferenceState], emb: torch.Tensor | None = None,
-                  kinds: torch.Tensor | None = None, keep: bool = True) -> list[torch.Tensor]:
-        """Append the block ``emb`` (R, n, D) of kinds (n,) to every context and return its outputs, one
-        (1, n, D) per context; with ``keep`` the block stays in each context's cache. Without ``emb``:
-        recompute every context from its blocks (refilling its cache) and return the outputs of each
-        one's last real block. Uncached contexts are always recomputed whole, as :meth:`_run` does."""
-        dev, R = self.device, len(states)
-        full = emb is None or states[0].cache is None
-        xs, old = [], []
-        for r, st in enumerate(states):
-            extra = [emb[r:r + 1]] if emb is not None else []
-            xs.append(torch.cat([self.embed_task(st.task)] + st.blocks + extra, dim=1) if full else extra[0])
-            old.append(0 if full else st.cache.length)
-        new = [x.shape[1] for x in xs]
-        n, Mo = max(new), max(old)
-        x = torch.cat([nn.functional.pad(xi, (0, 0, n - ni, 0)) for xi, ni in zip(xs, new)])  # (R, n, D)
-        pos = torch.zeros(R, n, dtype=torch.long)
-        mask = torch.zeros(R, n, Mo + n, dtype=torch.bool)
-        for r, st in enumerate(states):
-            block, kind = self._meta_cpu(st, kinds if emb is not None else None)
-            p = torch.arange(len(block))
-            q = slice(old[r], None)
-            keys = torch.cat([torch.arange(Mo - old[r], Mo), torch.arange(Mo + n - new[r], Mo + n)])
-            pos[r, n - new[r]:] = p[q]
-            mask[r, n - new[r]:][:, keys] = ik_attention_mask(block[q], kind[q], p[q], block, kind, p)
-            pad = torch.arange(n - new[r])
-            mask[r, pad, Mo + pad] = True  # a padding query sees itself only (its output is dropped)
-        cache = None
-        if states[0].cache is not None:
-            c0 = states[0].cache
-            cache = KVCache(c0.k.shape[0], R, c0.k.shape[2], Mo + n, c0.k.shape[4], dev, c0.k.dtype)
-            for r, st in enumerate(states):
-                if not full:
-                    cache.k[:, r, :, Mo - old[r]:Mo] = st.cache.k[:, 0, :, :old[r]]
-                    cache.v[:, r, :, Mo - old[r]:Mo] = st.cache.v[:, 0, :, :old[r]]
-            cache.length = Mo
-        h = self.backbone(x, pos.to(dev), mask.to(dev), cache)
-        if cache is not None and keep:
-            for r, st in enumerate(states):
-                src = slice(Mo + n - new[r], Mo + n)
-                st.cache.length = old[r]
-                st.cache.k[:, 0, :, old[r]:old[r] + new[r]] = cache.k[:, r, :, src]
-                st.cache.v[:, 0, :, old[r]:old[r] + new[r]] = cache.v[:, r, :, src]
-                st.cache.advance(new[r])
-        if emb is not None:
-            return [h[r:r + 1, n - emb.shape[1]:] for r in range(R)]
-        return [h[r:r + 1, n - len(st.kinds[-1]):] for r, st in enumerate(states)]
-
-    @staticmethod
-    def _meta_cpu(st: InferenceState, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block index (-1 for the prefix) and kind of every token of a context (+ extra block), on the host."""
-        kinds = [torch.tensor([int(Kind.PREFIX)])] + st.kinds + ([extra] if extra is not None else [])
-        return torch.cat([torch.full((len(k),), i - 1) for i, k in enumerate(kinds)]), torch.cat(kinds)
-
-    def _new_cache(self) -> KVCache:
-        cfg = self.cfg
-        return self.backbone.new_cache(1, 1 + cfg.history * (cfg.frame_tokens + cfg.chunk_size + 2), self.device,
-                                       self.boa.dtype)
-
-    @torch.no_grad()
-    def start_many(self, task: torch.Tensor, frames: torch.Tensor, state: torch.Tensor) -> list[InferenceState]:
-        """One context per row, from a batch of first observations. task (R,), frames (R, H, W, 3) uint8,
-        state (R, Ds)."""
-        task = task.to(self.device).reshape(-1)
-        emb, kinds = self._block(frames, state, None)
-        states = [InferenceState(task=task[r:r + 1], blocks=[emb[r:r + 1]], kinds=[kinds],
-                                 cache=self._new_cache() if self.use_kv_cache else None) for r in range(len(task))]
-        for st, h in zip(states, self._run_rows(states)):
-            st.hidden = h
-        return states
-
-    @torch.no_grad()
-    def act_many(self, states: list[InferenceState], frame_noise: torch.Tensor,
-                 action_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`act` for R contexts in one call, from the given initial noise (R, P, C) (or (R, N, P, C)
-        with ``best_of`` N) and (R, K, Da). Returns actions (R, K, Da) raw and the imagined frame tokens (R, P, C)."""
-        P = self.cfg.frame_tokens
-        want = self.frame_noise_shape(len(states))
-        if tuple(frame_noise.shape) != want:
-            raise ValueError(f"frame_noise must have shape {want} (best_of={self.cfg.best_of}), got {tuple(frame_noise.shape)}")
-        # every context's last block: the hidden states of its P frame tokens ... its state token
-        f = self._imagine(torch.cat([torch.cat([st.hidden[:, :P], st.hidden[:, -1:]], dim=1) for st in states]),
-                          frame_noise.to(self.device))
-        emb = torch.cat([self.embed_frames(f), self.embed_boa((len(states),))], dim=1)
-        kinds = torch.tensor([int(Kind.FRAME)] * P + [int(Kind.BOA)])
-        h = torch.cat(self._run_rows(states, emb, kinds, keep=False))
+    def act(self, ctx: Contexts, rows: list[int], frame_noise: torch.Tensor,
+            action_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Imagine the next frame of each context ``rows``, then infer the chunk that leads there, from the
+        initial noise (R, P, C) and (R, K, Da). Returns actions (R, K, Da) raw and the imagined frame
+        tokens (R, P, C). The imagined block [F^ BOA] is written after each context's end and overwritten
+        by :meth:`commit`."""
+        cfg, R = self.cfg, len(rows)
+        want = (R, cfg.chunk_size, cfg.action_dim)
+        if tuple(action_noise.shape) != want:
+            raise ValueError(f"action noise must have shape {want}, got {tuple(action_noise.shape)}")
+        f = self.imagine(ctx, rows, frame_noise)
+        x = torch.cat([self.embed_frames(f), self.embed_boa((R,))], dim=1)
+        h = self._run(ctx, rows, [ctx.layout.length(b) for b in ctx.blocks[rows]], x)
         cond = self.action_head.prepare(h, h[:, -1])
         a = self.diffusion.sample(self.action_head, action_noise.to(self.device), cond, self.num_inference_steps)
         return self.action_norm.unnormalize(a.clamp(-1, 1)), f
 
     @torch.no_grad()
-    def commit_many(self, states: list[InferenceState], actions: torch.Tensor, frames: torch.Tensor,
-                    state: torch.Tensor) -> None:
-        """:meth:`commit` for R contexts in one call: actions (R, K, Da) raw, frames (R, H, W, 3), state (R, Ds).
-        Contexts that are full drop ``eviction`` blocks and are recomputed (together, in a second call)."""
-        emb, kinds = self._block(frames, state, actions)
-        full = [r for r, st in enumerate(states) if st.num_blocks + 1 >= self.cfg.history]
-        rest = [r for r in range(len(states)) if r not in set(full)]
-        for r in full:
-            self._evict(states[r], emb[r:r + 1], kinds)
+    def commit(self, ctx: Contexts, rows: list[int], actions: torch.Tensor, frames: torch.Tensor,
+               state: torch.Tensor) -> None:
+        """Append the real block of each context ``rows``: the executed chunk (R, K, Da) raw and the
+        observation it led to, frames (R, H, W, 3) and state (R, Ds). Contexts that become full drop
+        ``eviction`` blocks and are recomputed (together, in a second call)."""
+        layout, dev, P = ctx.layout, self.device, self.cfg.frame_tokens
+        x = self._block(frames, state, actions)
+        rows = list(rows)
+        full = [j for j, r in enumerate(rows) if ctx.blocks[r] + 1 >= layout.history]
+        rest = [j for j, r in enumerate(rows) if ctx.blocks[r] + 1 < layout.history]
         if rest:
-            idx = torch.tensor(rest, device=emb.device)
-            for r, h in zip(rest, self._run_rows([states[r] for r in rest], emb[idx], kinds)):
-                states[r].hidden = h
-                states[r].blocks.append(emb[r:r + 1])
-                states[r].kinds.append(kinds)
+            rr = [rows[j] for j in rest]
+            h = self._run(ctx, rr, [layout.length(b) for b in ctx.blocks[rr]], x[rest])
+            ctx.hidden[torch.as_tensor(rr, device=dev)] = torch.cat([h[:, :P], h[:, -1:]], dim=1)
+            ctx.blocks[rr] += 1
         if full:
-            for r, h in zip(full, self._run_rows([states[r] for r in full])):
-                states[r].hidden = h
-        for st in states:
-            st.steps += 1
+            rf = [rows[j] for j in full]
+            rf_t = torch.as_tensor(rf, device=dev)
+            end = layout.length(layout.history)
+            ctx.emb[rf_t, end - layout.block_len:end] = x[full]  # the new block, then drop the oldest
+            kept = ctx.emb[rf_t][:, torch.as_tensor(layout.evicted_slots(), device=dev)]
+            h = self._run(ctx, rf, np.zeros(len(rf), np.int64), kept)
+            blocks = layout.history - layout.eviction
+            ctx.hidden[rf_t] = h[:, torch.as_tensor(layout.last_block_slots(blocks), device=dev)]
+            ctx.blocks[rf] = blocks
+        ctx.steps[rows] += 1
 
     def num_parameters(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -572,7 +380,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         """Rebuild from a checkpoint folder (built-in name, local folder or hub id), in eval mode.
 
         ``overrides`` replace config fields that do not change the weights (``config.RUNTIME_FIELDS``:
-        ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``, ``best_of``), through
+        ``num_inference_steps``, ``use_kv_cache``, ``sampler``, ``history``, ``evict_blocks``), through
         :meth:`set_runtime` (any other name is a ``TypeError``, raised before the weights are read).
         """
         from par_agent.device import resolve_device

@@ -1,14 +1,15 @@
 """Causal backbone: pre-norm transformer with rotary positions, SDPA and a KV cache.
 
-The cache (after gpt-fast's ``KVCache``) holds fixed buffers per layer; ``length`` says how
-many positions are filled. Appending writes at ``length``; ``rollback(n)`` forgets the last
-n positions (used to drop the imagined frame once the real one is observed).
+The cache (after gpt-fast's ``KVCache``) holds fixed buffers per layer and context, allocated once;
+a call writes its tokens' keys at the slots it is told and attends over the whole buffer, with the
+mask saying which slots each query sees (``par_agent.models.context``).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from par_agent.models.attention import attention
 
 
 def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,9 +27,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Keys and values of all layers for a batch of sequences that advance in lockstep.
+    """Keys and values of all layers for ``batch`` contexts, allocated once (after gpt-fast's
+    ``setup_caches``): k, v (layers, batch, heads, max_len, head_dim).
 
-    k, v: (layers, B, heads, max_len, head_dim).
+    Slot t of a row holds the token at sequence position t. A call writes its new tokens' keys at
+    the slots it is given (one row each, see :meth:`write`) and reads every slot; which of them a
+    query may see is the attention mask's business, so a stale slot left by a shorter context or a
+    dropped imagined block is never read. Nothing here is resized or rebuilt per call.
     """
 
     def __init__(self, layers: int, batch: int, heads: int, max_len: int, head_dim: int,
@@ -36,34 +41,28 @@ class KVCache:
         shape = (layers, batch, heads, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
 
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write new keys/values (B, heads, n, head_dim) at the end of ``layer``; return all filled."""
-        n = k.shape[2]
-        end = self.length + n
-        if end > self.max_len:
-            raise RuntimeError(f"KV cache overflow: {end} > {self.max_len} positions")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def write(self, layer: int, rows: torch.Tensor, slots: torch.Tensor, k: torch.Tensor,
+              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values (R, heads, n, head_dim) of contexts ``rows`` (R,) at ``slots`` (R, n);
+        return those rows' whole caches, (R, heads, max_len, head_dim) each."""
+        self.k[layer, rows[:, None], :, slots] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[layer, rows[:, None], :, slots] = v.transpose(1, 2).to(self.v.dtype)
+        return self.k[layer, rows], self.v[layer, rows]
 
-    def advance(self, n: int) -> None:
-        """Mark n more positions as filled (after every layer wrote them)."""
-        self.length += n
 
-    def rollback(self, n: int) -> None:
-        """Forget the last n positions."""
-        if not 0 <= n <= self.length:
-            raise ValueError(f"cannot roll back {n} of {self.length} cached positions")
-        self.length -= n
+class CacheView:
+    """What one backbone call writes to and reads from a :class:`KVCache`: rows (R,) and slots (R, n)."""
 
-    def reset(self) -> None:
-        self.length = 0
+    def __init__(self, cache: KVCache, rows: torch.Tensor, slots: torch.Tensor) -> None:
+        self.cache, self.rows, self.slots = cache, rows, slots
+
+    def __call__(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.write(layer, self.rows, self.slots, k, v)
 
 
 class Attention(nn.Module):
@@ -75,13 +74,13 @@ class Attention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        """x: (B, L, W); mask: (L, L_keys) bool; returns (B, L, W)."""
+                cache: CacheView | None = None, layer: int = 0) -> torch.Tensor:
+        """x: (B, L, W); mask: (L, L_keys) or (B, 1, L, L_keys) bool; returns (B, L, W)."""
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(layer, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+            k, v = cache(layer, k, v)
+        out = attention(q, k, v, mask, self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).flatten(2))
 
 
@@ -113,18 +112,16 @@ class Backbone(nn.Module):
     def new_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         return KVCache(len(self.blocks), batch, self.heads, max_len, self.head_dim, device, dtype)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: CacheView | None = None) -> torch.Tensor:
         """x: (B, L, W) token embeddings at sequence positions pos (L,); mask: (L, L_keys) bool.
         Per-row positions (B, L) and masks (B, L, L_keys) serve contexts of different lengths in one call.
 
-        With a cache, keys are the cached positions followed by these L, and the cache grows by L.
-        Returns (B, L, W) normalised hidden states.
+        With a cache, these L tokens' keys are written to their slots first and the keys are the whole
+        cache of each row (L_keys = its max_len). Returns (B, L, W) normalised hidden states.
         """
         cos, sin = rope_cos_sin(pos, self.head_dim, self.rope_theta)
         if pos.dim() == 2:  # per row: broadcast over heads
             cos, sin, mask = cos[:, None], sin[:, None], mask[:, None]
         for i, blk in enumerate(self.blocks):
             x = blk(x, cos, sin, mask, cache, i)
-        if cache is not None:
-            cache.advance(x.shape[1])
         return self.norm(x)

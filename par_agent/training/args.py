@@ -10,9 +10,8 @@ from pathlib import Path
 from par_agent.config import PRESETS
 from par_agent.device import resolve_device
 
-STAGES = ("tokenizer", "pretrain-video", "finetune", "value")
-PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video", "value": "finetune"}
-VALUE_HEAD_WIDTH = 128  # the value stage's head, unless --set value_head_width=W says otherwise
+STAGES = ("tokenizer", "pretrain-video", "finetune")
+PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video"}
 
 
 def _opt(default, help: str, **argparse_kw):
@@ -24,7 +23,7 @@ def _opt(default, help: str, **argparse_kw):
 class TrainArgs:
     """Everything a par-train run is told; ``parse_args`` builds the command line from these fields."""
 
-    stage: str = field(metadata={"help": "tokenizer | pretrain-video | finetune | value (the progress head for best-of-N)", "choices": STAGES, "positional": True})
+    stage: str = field(metadata={"help": "tokenizer | pretrain-video | finetune", "choices": STAGES, "positional": True})
     data: list[str] = field(metadata={"help": ".h5 files, compact folders, data folders or video folders",
                                       "nargs": "+", "required": True})
     out: Path = field(metadata={"help": "run folder; each stage writes OUT/<stage>/", "required": True, "type": Path})
@@ -50,6 +49,9 @@ class TrainArgs:
                                     "base_camera hand_camera (default: those of the model started from, else "
                                     "base_camera); the model's num_cameras follows", nargs="+")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = _opt("auto", "number format of the matrix products: bf16 (autocast; weights, optimiser and losses "
+                          "stay float32), fp32, or auto: bf16 on CUDA and, for backbones at least 128 wide, on CPUs "
+                          "that multiply bfloat16 natively (AVX512-BF16 / AMX); fp32 otherwise", choices=("auto", "bf16", "fp32"))
     threads: int | None = _opt(None, "torch threads per process (default: the machine's cores shared among the local "
                                "ranks); floating-point results are reproducible for a given count", type=int)
     val_fraction: float = _opt(0.1, "fraction of episodes held out for validation")
@@ -58,17 +60,6 @@ class TrainArgs:
     progress: bool = _opt(True, "no progress bar", flag="--no-progress", action="store_false")
     fg_weight: float = _opt(20.0, "tokenizer stage: extra loss weight of pixels that differ from the static scene "
                             "(the arm, the cubes); 0 for a plain reconstruction loss")
-    encoder_lr: float = _opt(0.0, "fine-tuning stage: also train the frame tokenizer's encoder, at this learning rate, "
-                             "with the policy's losses (0: frozen); the frames are then encoded every step")
-    encoder_recon: float = _opt(0.0, "fine-tuning with --encoder-lr: also the tokenizer's reconstruction loss "
-                                "(foreground-weighted as --fg-weight says) on each window's last frame, at this "
-                                "weight, so the encoder keeps tokens its frozen decoder reads (0: none)")
-    perception_targets: tuple[str, ...] = _opt((), "fine-tuning stage: task-state fields of the demos (obs/extra, e.g. "
-                                                "cubeA_pose cubeB_pose) the model learns to read off its frame tokens, "
-                                                "an auxiliary loss; left out of the state, never read when acting (a "
-                                                "demo copy with them: python -m par_agent.data.privileged)", nargs="+")
-    shift_aug: int = _opt(0, "video and fine-tuning stages: random-shift augmentation, each window's frames moved "
-                          "by up to N pixels (edges repeated); the frames are then encoded every step, not once")
 
     @property
     def learning_rate(self) -> float:
@@ -93,11 +84,6 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> TrainArgs:
                 kw["type"] = type(f.default)
         p.add_argument(flag, dest=f.name, **kw)
     a = p.parse_args(argv)
-    if a.encoder_recon < 0 or (a.encoder_recon and not a.encoder_lr):
-        p.error(f"--encoder-recon {a.encoder_recon}: a weight >= 0 for the reconstruction loss of an encoder "
-                "in training; it needs --encoder-lr")
-    if a.perception_targets and a.stage != "finetune":
-        p.error(f"--perception-targets is for the finetune stage, not {a.stage}")
     if a.val_windows < 1:
         p.error(f"--val-windows must be at least 1, got {a.val_windows}")
     try:
@@ -105,7 +91,7 @@ def parse_args(argv: list[str] | None = None, doc: str = "") -> TrainArgs:
     except (RuntimeError, ValueError) as err:  # e.g. --device cuda on a machine without CUDA: one line
         p.error(str(err))
     return TrainArgs(**{**vars(a), "overrides": tuple(a.overrides), "tasks": tuple(a.tasks),
-                         "cameras": tuple(a.cameras), "perception_targets": tuple(a.perception_targets)})
+                         "cameras": tuple(a.cameras)})
 
 
 def parse_overrides(items) -> dict:

@@ -29,8 +29,7 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
         task = task_of(path)
         tid = cfg.task_id(task) if task is not None else 0  # plain videos: the first task
         kw = dict(history=cfg.history, chunk_size=cfg.chunk_size, task_id=tid, frames_only=frames_only,
-                  val_fraction=args.val_fraction, image_size=cfg.image_size, cameras=args.cameras,
-                  perception_keys=args.perception_targets if not frames_only else ())
+                  val_fraction=args.val_fraction, image_size=cfg.image_size, cameras=args.cameras)
         tr = PhysicalStepDataset(path, split="train", stats=stats, **kw)
         train.append(tr)
         try:
@@ -38,30 +37,11 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
         except ValueError:
             pass  # too few episodes for a validation split
     stats = train[0].stats
-    if args.stage == "value":  # each frame's place in its demo: the progress head's target
-        train, val = [WithProgress(ds) for ds in train], [WithProgress(ds) for ds in val]
     if frames_only:  # pure video: no proprio state (its size also differs between tasks: 25 / 29)
         train, val = [WithoutState(ds) for ds in train], [WithoutState(ds) for ds in val]
     if tokens_from is not None:  # frozen tokenizer: encode every frame once, not every step
         train = [TokenizedWindows(ds, tokens_from) for ds in train]
     return (train[0] if len(train) == 1 else ConcatDataset(train)), (val or None), stats
-
-
-class WithProgress(torch.utils.data.Dataset):
-    """A window dataset whose items also hold ``progress`` (T,): each frame's place in its episode,
-    0 (first frame) to 1 (last), the value stage's target."""
-
-    def __init__(self, ds) -> None:
-        self.ds, self.frames = ds, ds.frames
-        self.progress = torch.from_numpy(ds.frame_progress)
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> dict:
-        item = dict(self.ds[i])
-        item["progress"] = self.progress[item["frame_index"]]
-        return item
 
 
 class WithoutState(torch.utils.data.Dataset):
@@ -115,34 +95,6 @@ def frames_collate(items: list[dict]) -> dict:
     return {"frames": frames.reshape(-1, *frames.shape[-3:])[batch["frame_mask"].reshape(-1)]}
 
 
-def random_shift(frames: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random-shift augmentation (DrQ; Hansen et al. 2022): each window of ``frames`` (B, T, H, W, 3)
-    uint8 is padded by ``pad`` pixels (edge pixels repeated) and cropped back at a random offset, the
-    same for all T frames of the window, so the motion between them is kept."""
-    import torch.nn.functional as F
-
-    if pad <= 0:
-        return frames
-    B, T, H, W, C = frames.shape
-    x = F.pad(frames.permute(0, 1, 4, 2, 3).reshape(B, T * C, H, W).float(), (pad,) * 4, mode="replicate")
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, B), generator=generator).tolist()
-    x = torch.stack([x[b, :, dy[b]:dy[b] + H, dx[b]:dx[b] + W] for b in range(B)])
-    return x.reshape(B, T, C, H, W).permute(0, 1, 3, 4, 2).to(torch.uint8)
-
-
-def shift_collate(items: list[dict], pad: int, num_cameras: int = 1) -> dict:
-    """The video and fine-tuning stages' batches with :func:`random_shift` applied to their frames, each
-    of ``num_cameras`` side-by-side camera images moved on its own (no pixels cross from one to the next)."""
-    from einops import rearrange
-    from torch.utils.data import default_collate
-
-    batch = default_collate(items)
-    per_camera = rearrange(batch["frames"], "b t h (n w) c -> (b n) t h w c", n=num_cameras)
-    batch["frames"] = rearrange(random_shift(per_camera, pad), "(b n) t h w c -> b t h (n w) c", n=num_cameras)
-    batch.pop("frame_index", None)
-    return batch
-
-
 def recorded_env_kwargs(paths, cameras=("base_camera",)) -> dict:
     """The make_env keyword arguments recorded with the fine-tuning data (one env set-up for all sources),
     for the ``cameras`` the model reads."""
@@ -150,18 +102,6 @@ def recorded_env_kwargs(paths, cameras=("base_camera",)) -> dict:
     if len(found) > 1:
         raise ValueError(f"the data sources {list(paths)} were recorded with different env settings: {sorted(found)}")
     return json.loads(found.pop()) if found else {}
-
-
-def acting_env_kwargs(env_kwargs: dict, task: str | None, state_dim: int) -> dict:
-    """The env a policy acts in, from the one its demos record: a privileged copy of demos
-    (``obs_mode="...+state_dict"``, :mod:`par_agent.data.privileged`) whose privileged fields all became
-    perception targets leaves the policy a plain state, so it acts in the plain observation mode."""
-    from envs import state_dim as plain_state_dim
-
-    mode = env_kwargs.get("obs_mode", "")
-    if task and mode.endswith("+state_dict") and state_dim == plain_state_dim(task):
-        return {**env_kwargs, "obs_mode": mode.removesuffix("+state_dict")}
-    return env_kwargs
 
 
 def data_tasks(args: TrainArgs) -> tuple[str, ...]:

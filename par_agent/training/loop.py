@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -27,11 +26,11 @@ from par_agent.tokenizers import background_frame
 from par_agent.training.args import STAGES, TrainArgs
 from par_agent.training.checkpoints import (ema_copy_to, latest_checkpoint, load_ema_state, make_ema,
                                             save_training_checkpoint, set_rng_state)
-from par_agent.training.data import (acting_env_kwargs, build_datasets, frames_collate, recorded_env_kwargs,
-                                     shift_collate)
+from par_agent.training.data import build_datasets, frames_collate, recorded_env_kwargs
 from par_agent.training.distributed import all_mean, dist_setup, dist_teardown
 from par_agent.training.model import adapt_model, build_model, stage_cameras
-from par_agent.training.step import (FinetuneObjective, TokenizerObjective, ValueObjective, autocast_for, make_optimizer,
+from par_agent.precision import autocast_for, resolve_precision
+from par_agent.training.step import (TokenizerObjective, make_optimizer,
                                      train_step)
 from par_agent.training.validation import validate
 
@@ -73,10 +72,6 @@ def prepare_model(args: TrainArgs, device: torch.device):
     resume = latest_checkpoint(args.out / args.stage)
     if resume is not None:
         model, note = PhysicalAutoregressiveModel.from_pretrained(resume), f"resuming from {resume}"
-        if args.stage == "finetune" and tuple(args.perception_targets) != model.cfg.perception_targets:
-            raise ValueError(f"{resume} was trained with --perception-targets {list(model.cfg.perception_targets)}, "
-                             f"this run asks for {list(args.perception_targets)}: resume with the same targets, "
-                             "or use another --out")
     else:
         model, note = build_model(args)
     model.to(device)  # the frozen tokenizer encodes the dataset on the training device
@@ -86,71 +81,39 @@ def prepare_model(args: TrainArgs, device: torch.device):
             and model.cfg.env_kwargs.get("cameras") != list(args.cameras):
         # the camera names travel with the model from its first stage, so later stages need no --cameras
         model, _ = adapt_model(model, env_kwargs={**model.cfg.env_kwargs, "cameras": list(args.cameras)})
-    # augmented frames, and frames seen by an encoder in training, are encoded each step
-    frozen_tokens = args.stage != "tokenizer" and not args.shift_aug and not encoder_parameters(args, model)
-    train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats, tokens_from=model if frozen_tokens else None)
+    # the frozen tokenizer encodes every frame once, not every step
+    tokens_from = model if args.stage != "tokenizer" else None
+    train_set, val_sets, data_stats = build_datasets(args, model.cfg, stats, tokens_from=tokens_from)
     if args.stage == "finetune" and resume is None:
-        dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]),
-                    perception_targets=args.perception_targets,
-                    perception_dim=len(data_stats.get("perception_mean", ())))
-        env_kwargs = recorded_env_kwargs(args.data, args.cameras)
-        if args.perception_targets:
-            env_kwargs = acting_env_kwargs(env_kwargs, model.cfg.task_names[0], dims["state_dim"])
-        model, reinit = adapt_model(model, **dims, env_kwargs=env_kwargs)
+        dims = dict(state_dim=len(data_stats["state_mean"]), action_dim=len(data_stats["action_min"]))
+        model, reinit = adapt_model(model, **dims, env_kwargs=recorded_env_kwargs(args.data, args.cameras))
         if reinit:  # e.g. PickCube's 29 state values after video pretraining with 25
             note += f"; {dims} from the data (re-initialised {', '.join(reinit)})"
         set_dataset_stats(model.action_norm, model.state_norm, data_stats)
-        if model.perception_norm is not None:
-            model.perception_norm.set_stats(data_stats["perception_mean"], data_stats["perception_std"])
     return model.to(device).train(), train_set, val_sets, resume, note
 
 
 def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_set, stage_dir: Path,
-                    rank: int) -> tuple[nn.Module, list[nn.Parameter], list[nn.Parameter]]:
-    """What the stage minimises and the parameters it trains, at the stage's learning rate and at
-    ``--encoder-lr``: the tokenizer's reconstruction (with the foreground weighting) in the tokenizer
-    stage, else the model's own losses with the tokenizer frozen (but for its encoder with
-    ``--encoder-lr``, see :func:`encoder_parameters`, and then the reconstruction at ``--encoder-recon``)."""
-    def background():  # the static scene, for the reconstruction loss's foreground weighting
+                    rank: int) -> tuple[nn.Module, list[nn.Parameter]]:
+    """What the stage minimises and the parameters it trains: the tokenizer's reconstruction (with the
+    foreground weighting) in the tokenizer stage, else the model's own losses with the tokenizer frozen."""
+    if args.stage == "tokenizer":
         parts = getattr(train_set, "datasets", [train_set])  # a ConcatDataset when several data sources
         bg = background_frame([d.frames for d in parts]) if args.fg_weight > 0 else None
         if bg is not None and rank == 0:  # what the weighting treats as the static scene
             imageio.imwrite(stage_dir / "background.png", bg.numpy())
-        return bg
-
-    if args.stage == "tokenizer":
-        return TokenizerObjective(model, background(), args.fg_weight), list(model.frame_tokenizer.parameters()), []
-    if args.stage == "value":  # the progress head alone, on the frozen tokenizer's tokens of real frames
-        model.requires_grad_(False)
-        model.value_head.requires_grad_(True)
-        return ValueObjective(model), list(model.value_head.parameters()), []
+        return TokenizerObjective(model, bg, args.fg_weight), list(model.frame_tokenizer.parameters())
     for p in model.frame_tokenizer.parameters():
         p.requires_grad_(False)
-    encoder = encoder_parameters(args, model)
-    for p in encoder:
-        p.requires_grad_(True)
-    slow = {id(p) for p in encoder}
-    objective = FinetuneObjective(model, args.encoder_recon, background(), args.fg_weight) \
-        if encoder and args.encoder_recon else model
-    return objective, [p for p in model.parameters() if p.requires_grad and id(p) not in slow], encoder
+    return model, [p for p in model.parameters() if p.requires_grad]
 
 
-def encoder_parameters(args: TrainArgs, model: PhysicalAutoregressiveModel) -> list[nn.Parameter]:
-    """The frame encoder's parameters that fine-tuning trains at ``--encoder-lr`` (none when 0): the
-    action loss then reaches perception. The decoder stays frozen; frames are encoded every step."""
-    if args.stage != "finetune" or not args.encoder_lr:
-        return []
-    return list(model.frame_tokenizer.encoder_parameters())
-
-
-def make_loader(args: TrainArgs, train_set, rank: int, world: int, step: int, device: torch.device,
-                num_cameras: int = 1) -> DataLoader:
+def make_loader(args: TrainArgs, train_set, rank: int, world: int, step: int, device: torch.device) -> DataLoader:
     """Endless sampling with replacement (one process), or DDP's sharded epochs."""
     sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else \
         RandomSampler(train_set, replacement=True, num_samples=10**9, generator=torch.Generator().manual_seed(args.seed + step))
-    shifted = functools.partial(shift_collate, pad=args.shift_aug, num_cameras=num_cameras) if args.shift_aug else None
     return DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                      collate_fn=frames_collate if args.stage == "tokenizer" else shifted,
+                      collate_fn=frames_collate if args.stage == "tokenizer" else None,
                       drop_last=True, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
 
 
@@ -198,9 +161,8 @@ def train(args: TrainArgs) -> dict:
     np.random.seed(args.seed + rank)
 
     model, train_set, val_sets, resume, note = prepare_model(args, device)
-    objective, params, encoder = stage_objective(args, model, train_set, stage_dir, rank)
-    opt, sched = make_optimizer(params, args.learning_rate, args.weight_decay, args.warmup, args.steps,
-                                encoder, args.encoder_lr)
+    objective, params = stage_objective(args, model, train_set, stage_dir, rank)
+    opt, sched = make_optimizer(params, args.learning_rate, args.weight_decay, args.warmup, args.steps)
     ema = make_ema(model, args.ema)
     step = 0
     if resume is not None:
@@ -216,12 +178,13 @@ def train(args: TrainArgs) -> dict:
             objective, device_ids=[device.index] if device.type == "cuda" else None,
             # video pretraining leaves the action head and state embedding without gradients
             find_unused_parameters=args.stage == "pretrain-video")
-    data = batches(make_loader(args, train_set, rank, world, step, device, model.cfg.num_cameras))
-    amp = autocast_for(device)
+    data = batches(make_loader(args, train_set, rank, world, step, device))
+    amp = autocast_for(device, args.precision, model.cfg.width)
     log = MetricsLog(stage_dir, enabled=rank == 0)
     if rank == 0:
         print(f"[par-train] {args.stage}: {note}; {len(train_set)} training windows; "
-              f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters; device {device}; world {world}",
+              f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters; device {device}; "
+              f"{resolve_precision(args.precision, device, model.cfg.width)} matrix products; world {world}",
               file=sys.stderr)
 
     bar = tqdm(total=args.steps, initial=step, desc=args.stage, disable=rank != 0 or not args.progress,
@@ -254,7 +217,7 @@ def train(args: TrainArgs) -> dict:
                 dist.barrier()
         if val_sets and rank == 0 and (step % args.val_every == 0 or step == args.steps):
             log(step, validate(model, val_sets, args.stage, device, stage_dir / "videos", step,
-                               args.val_windows, args.batch_size))
+                               args.val_windows, args.batch_size, args.precision))
     bar.close()
 
     summary = {"stage": args.stage, "step": step, "loss": None if math.isnan(last_loss) else last_loss}
@@ -262,7 +225,7 @@ def train(args: TrainArgs) -> dict:
         final_model = save_final(model, ema, args, train_set, stage_dir, step, device)
         if val_sets:
             summary.update(validate(final_model.to(device), val_sets, args.stage, device, None, step,
-                                    args.val_windows, args.batch_size))
+                                    args.val_windows, args.batch_size, args.precision))
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.close()
         print(f"[par-train] {args.stage} done at step {step}: {json.dumps(summary)}; model in {stage_dir / 'final'}",

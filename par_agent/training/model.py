@@ -6,7 +6,7 @@ import torch
 
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.training.args import PREVIOUS, VALUE_HEAD_WIDTH, TrainArgs, parse_overrides
+from par_agent.training.args import PREVIOUS, TrainArgs, parse_overrides
 from par_agent.training.data import data_tasks
 
 
@@ -56,10 +56,6 @@ def build_model(args: TrainArgs) -> tuple[PhysicalAutoregressiveModel, str]:
     if init is not None:
         model = PhysicalAutoregressiveModel.from_pretrained(init)
         cfg = model.cfg
-        if args.stage == "value":
-            tasks = ()  # the policy's tasks stay as they are
-            if not cfg.value_head_width and "value_head_width" not in overrides:
-                overrides["value_head_width"] = VALUE_HEAD_WIDTH
         if tasks and "task_names" not in overrides:
             overrides["task_names"] = tasks if args.stage == "finetune" else \
                 tuple(cfg.task_names) + tuple(t for t in tasks if t not in cfg.task_names)

@@ -13,16 +13,13 @@ import torch
 
 from par_agent.metrics import action_errors, frame_psnr
 from par_agent.models import PhysicalAutoregressiveModel
-from par_agent.training.step import autocast_for
+from par_agent.precision import autocast_for
 
 
 @torch.no_grad()
 def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, out_dir: Path | None, step: int,
-             max_windows: int = 16, batch_size: int = 16) -> dict[str, float]:
-    """Frame PSNR (dB) of teacher-forced next-frame predictions, tokenizer PSNR, action MSE, the perception
-    head's mean absolute error (raw units, e.g. metres; ``val/perception_mae``); in the
-    value stage the progress head's mean absolute error and how often it ranks a window's later frame
-    above the earlier one (``val/progress_order``).
+             max_windows: int = 16, batch_size: int = 16, precision: str = "auto") -> dict[str, float]:
+    """Frame PSNR (dB) of teacher-forced next-frame predictions, tokenizer PSNR and action MSE.
 
     Over ``max_windows`` windows spread evenly over the validation sets (split between them),
     ``batch_size`` at a time; each figure is the mean over all frames (action entries) that count.
@@ -35,7 +32,7 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
     tok = model.frame_tokenizer
     scores: dict[str, list[torch.Tensor]] = defaultdict(list)  # per frame (PSNR) or action entry (MSE)
     g = torch.Generator(device=device).manual_seed(0)
-    amp = autocast_for(torch.device(device))
+    amp = autocast_for(torch.device(device), precision, model.cfg.width)
     for start in range(0, len(picks), batch_size):
         batch = default_collate([ds[i] for ds, i in picks[start:start + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -45,13 +42,6 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
         scores["val/tokenizer_psnr"].append(frame_psnr(tok.decode(tokens), frames)[fmask])
         if stage == "tokenizer":
             continue
-        if stage == "value":
-            pred = model.value_head(tokens.flatten(0, 1)).view(fmask.shape)
-            prog = batch["progress"]
-            scores["val/progress_mae"].append((pred - prog).abs()[fmask])
-            later = fmask[:, 1:] & fmask[:, :-1] & (prog[:, 1:] > prog[:, :-1])
-            scores["val/progress_order"].append((pred[:, 1:] > pred[:, :-1])[later].float())
-            continue
         with amp:
             pred = model.sample_window(batch, generator=g)
         img = tok.decode(pred["frame_tokens"])
@@ -59,9 +49,6 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
         if "actions" in pred:
             sq, am = action_errors(pred["actions"], batch)
             scores["val/action_mse"].append(sq.mean(-1)[am])
-        if model.perception_head is not None and "perception" in batch:  # mean absolute error, raw units
-            err = (model.read_perception(batch) - batch["perception"]).abs().mean(-1)
-            scores["val/perception_mae"].append(err[fmask])
         if out_dir is not None and start == 0:
             write_validation_video(frames[0, 1:], img[0], out_dir / f"val-{step:08d}.mp4")
     model.train()

@@ -1,0 +1,103 @@
+"""The diagnostics and baselines under experiments/ (docs/RESULTS.md cites their reports)."""
+
+import pytest
+
+
+def test_tokenizer_ablation_reports_frame_and_cube_psnr(pushcube_demos):
+    import math
+
+    from experiments import tokenizer_ablation
+
+    out = tokenizer_ablation.main(["--data", str(pushcube_demos), "--preset", "tiny", "--set", "image_size=64",
+                                   "chunk_size=2", "--steps", "3", "--batch-size", "4", "--val-fraction", "0.5", "--json"])
+    held_out = out["after"][str(pushcube_demos)]
+    assert out["train_frames"] > 0 and held_out["frames"] > 0  # one demo trains, the other is held out
+    assert math.isfinite(held_out["psnr"]) and held_out["psnr"] != out["before"][str(pushcube_demos)]["psnr"]
+    assert math.isfinite(held_out["object_psnr"])  # at 64 px the blue cube's pixels are found in every report
+
+
+@pytest.mark.maniskill
+def test_cube_visibility_counts_hidden_cubes_and_splits_reports(tmp_path):
+    """StackCube's first frame at seed +13 (64 px, fov 0.8): the arm at rest covers cube A entirely
+    while cube B shows; a report's outcomes split by cube A's visibility; a report of another task
+    is refused."""
+    import json
+
+    from experiments import cube_visibility as vis
+
+    seeds = [1_000_000, 1_000_013]
+    px = vis.visible_pixels("StackCube-v1", ["cubeA", "cubeB"], seeds, camera_size=64, camera_fov=0.8)
+    assert px.shape == (2, 2)
+    assert px[0].min() > 10                      # both cubes in view at seed +0
+    assert px[1, 0] == 0 and px[1, 1] > 10       # cube A behind the gripper at seed +13
+
+    report = {"task": "StackCube-v1", "per_seed": [
+        {"seed": 1_000_000, "success": True, "reached": {"is_cubeA_grasped": True}},
+        {"seed": 1_000_013, "success": False, "reached": {"is_cubeA_grasped": False}},
+        {"seed": 1_000_001, "success": False, "reached": {"is_cubeA_grasped": True}}]}
+    split = vis.split_outcomes(report, {1_000_013}, "is_cubeA_grasped")
+    assert split == {"hidden": [0, 1], "visible": [2, 2]}
+    assert vis.split_outcomes(report, {1_000_013}, "success") == {"hidden": [0, 1], "visible": [1, 2]}
+
+    path = tmp_path / "rep.json"
+    path.write_text(json.dumps({**report, "task": "PickCube-v1"}))
+    with pytest.raises(SystemExit, match="PickCube-v1"):
+        vis.main(["--seeds", "1", "--camera-fov", "0.8", "--reports", str(path)])
+    with pytest.raises(ValueError, match="no object"):
+        vis.visible_pixels("StackCube-v1", ["cube"], seeds[:1])
+
+
+@pytest.mark.maniskill
+def test_state_offset_moves_every_field_of_an_object_consistently():
+    """experiments/state_offset.py: on a real StackCube state (rgb+state_dict layout), each cube's
+    offset moves its pose and every relative field with it, so ManiSkill's identities
+    (tcp_to_cubeA_pos = cubeA - tcp, cubeA_to_cubeB_pos = cubeB - cubeA) still hold, the cube has
+    moved by exactly the radius, horizontally, and a new episode draws a new offset; an object
+    without a position field is refused."""
+    import numpy as np
+
+    from experiments import state_offset
+    from envs import flatten_state
+    from envs.state import state_only_obs, extra_order
+
+    cols = state_offset.offset_columns("StackCube-v1", ["cubeA", "cubeB"])
+    assert sorted(c for c, _ in cols["cubeA"]) == [25, 26, 39, 40, 45, 46]
+    assert sorted(c for c, _ in cols["cubeB"]) == [32, 33, 42, 43, 45, 46]
+    s = np.asarray(flatten_state(state_only_obs("StackCube-v1"), extra_order("StackCube-v1"))).reshape(1, -1)
+    assert s.shape == (1, 48)
+
+    class Echo:
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return obs["state"], state
+
+    wrapped = state_offset.OffsetStatePolicy(Echo(), cols, radius=0.02, seed=0)
+    out, _ = wrapped.predict({"state": np.repeat(s, 2, 0)}, episode_start=[True, True])
+    tcp, a, b = out[:, 18:21], out[:, 25:28], out[:, 32:35]
+    np.testing.assert_allclose(out[:, 39:42], a - tcp, atol=1e-5)
+    np.testing.assert_allclose(out[:, 42:45], b - tcp, atol=1e-5)
+    np.testing.assert_allclose(out[:, 45:48], b - a, atol=1e-5)
+    for shift in (a - s[:, 25:28], b - s[:, 32:35]):
+        np.testing.assert_allclose(np.linalg.norm(shift[:, :2], axis=1), 0.02, atol=1e-6)
+        np.testing.assert_allclose(shift[:, 2], 0, atol=1e-7)
+    again, _ = wrapped.predict({"state": np.repeat(s, 2, 0)}, episode_start=[False, True])
+    np.testing.assert_allclose(again[0], out[0])          # same episode, same offset
+    assert not np.allclose(again[1], out[1])              # a new episode, a new direction
+    with pytest.raises(ValueError, match="goal"):
+        state_offset.offset_columns("StackCube-v1", ["goal"])
+
+
+def test_locator_filters_are_causal_and_restart_when_the_object_moves():
+    import numpy as np
+
+    from experiments.locator_filter import gated_mean, window_mean
+
+    rng = np.random.default_rng(0)
+    rest, moved = np.array([0.1, 0.0, 0.02]), np.array([0.1, 0.2, 0.02])
+    raw = np.concatenate([rest + 0.01 * rng.standard_normal((20, 3)), moved + 0.01 * rng.standard_normal((10, 3))])
+    m = gated_mean(raw, gate=0.05)
+    np.testing.assert_allclose(m[19], raw[:20].mean(0))            # the mean of the resting estimates
+    np.testing.assert_allclose(m[-1], raw[20:].mean(0))            # restarted at the move
+    np.testing.assert_allclose(gated_mean(raw[:5], 0.05), m[:5])   # causal: later frames change nothing
+    w = window_mean(raw, 4)
+    np.testing.assert_allclose(w[0], raw[0])
+    np.testing.assert_allclose(w[10], raw[7:11].mean(0))
