@@ -90,3 +90,15 @@ def demo_copy(pushcube_demos, tmp_path) -> Path:
 
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+# fixtures that run ManiSkill (par-collect renders and plans): a test using one needs it too
+MANISKILL_FIXTURES = {"pushcube_demos", "pickcube_demo", "pickcube_ee_demo", "demo_copy"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses a ManiSkill fixture (directly or through another fixture) ``maniskill``,
+    so ``-m "not maniskill"`` runs where ManiSkill cannot (a GPU image without it)."""
+    for item in items:
+        if MANISKILL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.maniskill)

@@ -146,6 +146,7 @@ def test_bench_policy_envs_reports_both_paths():
         assert r["speedup"] == r["batched"] / r["per_env_loop"]
 
 
+@pytest.mark.slow  # about 4 minutes on 2 cores: the GPU script's dry run (its parts have their own fast tests)
 def test_gpu_check_runs_every_part_on_the_cpu(pushcube_demos, tmp_path):
     """The GPU check script (benchmarks/gpu_check.py, run once on a GPU) on the CPU with the tiny
     config: every part runs, the trained folders load, cached == uncached on recorded observations,

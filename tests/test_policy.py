@@ -243,3 +243,33 @@ def test_builtin_par_stackcube_acts_from_pixels_with_its_locator(monkeypatch):
         assert env.action_space.contains(a)
         obs, *_ = env.step(a)
     env.close()
+
+
+def test_bad_inputs_are_refused_by_name():
+    p = tiny_policy()
+    with pytest.raises(ValueError, match="episode_start has 3 entries for 2 observations"):
+        p.predict(obs(2), episode_start=np.array([True, False, True]))
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        tiny_policy(num_threads=0)
+    with pytest.raises(TypeError, match="exactly one of model="):
+        PARPolicy(tiny_model(), config=tiny_model().cfg)
+    with pytest.raises(TypeError, match="exactly one of model="):
+        PARPolicy()
+    with pytest.raises(ValueError, match="must be a dict"):
+        p._predict(np.zeros(3))
+
+
+def test_sb3_forward_takes_torch_tensors_and_acts_as_predict():
+    """SB3 calls forward / _predict with torch tensors (obs_as_tensor): the same actions as predict's numpy."""
+    import torch
+
+    seq = [obs(2, seed=t) for t in range(3)]
+    a, b = tiny_policy(), tiny_policy()
+    for t, o in enumerate(seq):
+        want, _ = a.predict(o, episode_start=np.array([t == 0] * 2), deterministic=True)
+        if t == 0:
+            b.predict(o, episode_start=np.array([True, True]), deterministic=True)  # starts both envs
+            continue
+        got = b.forward({k: torch.as_tensor(v) for k, v in o.items()}, deterministic=True)
+        assert torch.is_tensor(got) and got.shape == (2, 8)
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-6)

@@ -1,5 +1,6 @@
 """PARPolicy inside Stable-Baselines3's own evaluate_policy, on real ManiSkill envs."""
 import numpy as np
+import pytest
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from envs import make_vec_env
@@ -19,6 +20,7 @@ class RecordingPolicy(PARPolicy):
         return out
 
 
+@pytest.mark.maniskill
 def test_evaluate_policy_two_envs_resets_rows_exactly_at_episode_starts():
     m = tiny_model()
     m.action_norm.set_stats(np.full(8, -0.05, np.float32), np.full(8, 0.05, np.float32))

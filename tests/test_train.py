@@ -84,7 +84,10 @@ def test_par_eval_report(trained_run, tmp_path):
                "--num-envs", "2", "--max-episode-steps", "4", "--videos", "1", "--video-dir", str(tmp_path / "v"),
                "--out", str(out), "--no-progress"])
     r = json.loads(out.read_text())
-    assert r["n_episodes"] == 3 and 0 <= r["success_rate"] <= 1 and len(r["ci95"]) == 2
+    from par_agent.evaluate import wilson_ci95
+
+    assert r["n_episodes"] == 3 and r["success_rate"] == sum(e["success"] for e in r["per_seed"]) / 3
+    assert r["ci95"] == pytest.approx(list(wilson_ci95(sum(e["success"] for e in r["per_seed"]), 3)))
     assert [e["seed"] for e in r["per_seed"]] == [1_000_000, 1_000_001, 1_000_002]
     assert all(e["length"] == 4 or e["success"] for e in r["per_seed"])
     assert len(r["videos"]) == 1 and Path(r["videos"][0]).is_file()
@@ -101,6 +104,17 @@ def test_par_eval_report(trained_run, tmp_path):
     assert env_kwargs == {"camera_size": 128, "control_mode": "pd_joint_pos", "obs_mode": "rgb",
                           "cameras": ["base_camera"], "max_episode_steps": 100}
     assert r["env"]["camera_size"] == 128 and r["env"]["max_episode_steps"] == 4
+
+
+def test_wilson_interval_matches_known_values():
+    """Against the closed form's values (e.g. statsmodels' proportion_confint(..., method="wilson"))."""
+    from par_agent.evaluate import wilson_ci95
+
+    assert wilson_ci95(241, 250) == pytest.approx((0.9330, 0.9809), abs=1e-4)  # par-pushcube's report
+    assert wilson_ci95(29, 50) == pytest.approx((0.4423, 0.7062), abs=1e-4)
+    assert wilson_ci95(0, 50) == pytest.approx((0.0, 0.0713), abs=1e-4)
+    assert wilson_ci95(50, 50) == pytest.approx((0.9287, 1.0), abs=1e-4)
+    assert wilson_ci95(0, 0) == (0.0, 1.0)
 
 
 def test_interrupted_par_eval_resumes_where_it_stopped(trained_run, tmp_path, monkeypatch):
@@ -177,6 +191,21 @@ def test_kill_after_checkpoint_then_resume(pushcube_demos, tmp_path, monkeypatch
     assert {int(s["step"]) for s in saved["optimizer"]["state"].values()} == {3}
     logged = [int(r.split(",")[0]) for r in (stage / "metrics.csv").read_text().splitlines()[1:] if ",train/loss," in r]
     assert logged == [1, 2, 3, 4, 5, 6]
+    # and the resumed run is the uninterrupted one: the same batches, noise, schedule, weights and EMA
+    from par_agent.hub import read_checkpoint
+
+    whole = tmp_path / "whole"
+    run_stage("tokenizer", pushcube_demos, whole, 2)
+    run_stage("finetune", pushcube_demos, whole, 6, "--ckpt-every", "3")
+    other = torch.load(latest_checkpoint(whole / "finetune") / "trainer.pt", weights_only=False)
+    assert other["scheduler"]["last_epoch"] == final["scheduler"]["last_epoch"] == 6
+    assert other["scheduler"]["_last_lr"] == final["scheduler"]["_last_lr"]
+    for ema_a, ema_b in zip(other["ema"]["shadow_params"], final["ema"]["shadow_params"]):
+        torch.testing.assert_close(ema_a, ema_b, rtol=0, atol=1e-6)
+    _, resumed, _ = read_checkpoint(stage / "final")
+    _, straight, _ = read_checkpoint(whole / "finetune" / "final")
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-6, msg=k)
 
 
 def _free_port() -> int:

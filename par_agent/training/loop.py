@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from par_agent.atomic import atomic_folder
@@ -108,13 +108,36 @@ def stage_objective(args: TrainArgs, model: PhysicalAutoregressiveModel, train_s
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
+class StepBatches(Sampler):
+    """The windows of every optimiser step from ``start`` on: ``batch_size`` indices drawn with
+    replacement from ``n`` by a generator seeded with (seed, step), so a resumed run trains on exactly
+    the batches the uninterrupted run would have."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int) -> None:
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            yield torch.randint(self.n, (self.batch_size,), generator=g).tolist()
+            step += 1
+
+    def __len__(self) -> int:
+        return 10**9
+
+
 def make_loader(args: TrainArgs, train_set, rank: int, world: int, step: int, device: torch.device) -> DataLoader:
-    """Endless sampling with replacement (one process), or DDP's sharded epochs."""
-    sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if world > 1 else \
-        RandomSampler(train_set, replacement=True, num_samples=10**9, generator=torch.Generator().manual_seed(args.seed + step))
-    return DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                      collate_fn=frames_collate if args.stage == "tokenizer" else None,
-                      drop_last=True, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+    """Endless sampling with replacement, batch by batch from the step (one process), or DDP's sharded epochs."""
+    collate = frames_collate if args.stage == "tokenizer" else None
+    # the loader's own generator: starting an iterator draws a worker seed, which must not come from the
+    # global generator (a resumed run starts its iterator at another point of that stream)
+    common = dict(num_workers=args.workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                  persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed + step))
+    if world > 1:
+        return DataLoader(train_set, batch_size=args.batch_size, sampler=DistributedSampler(train_set, world, rank,
+                          seed=args.seed), drop_last=True, **common)
+    return DataLoader(train_set, batch_sampler=StepBatches(len(train_set), args.batch_size, args.seed, step), **common)
 
 
 def batches(loader: DataLoader):
