@@ -26,10 +26,13 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks.bench_train import matmul_tflops
+if __package__ in (None, ""):  # run as a script: the repository root, so that benchmarks.* imports
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_train import matmul_tflops  # noqa: E402
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
 
@@ -46,8 +49,7 @@ def _obs(cfg: PARConfig, batch: int, device: torch.device):
 
 def compile_heads(model: PhysicalAutoregressiveModel, mode: str) -> None:
     """Compile the frame and action heads in place (``mode`` as ``torch.compile`` takes it)."""
-    model.frame_head = torch.compile(model.frame_head, mode=mode)
-    model.action_head = torch.compile(model.action_head, mode=mode)
+    model.compile_heads(mode)
 
 
 def _noise(cfg: PARConfig, batch: int, device: torch.device):

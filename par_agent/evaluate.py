@@ -260,6 +260,8 @@ def run(argv: list[str] | None = None) -> dict:
                         "the renderer for the cores); results are deterministic for a given count")
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--no-kv-cache", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the diffusion heads (a minute of compiling, then faster chunks; same outcomes up to rounding)")
     p.add_argument("--action-horizon", type=int, default=None,
                    help="control steps executed of each chunk before predicting again (default: the whole chunk)")
     p.add_argument("--stochastic", action="store_true", help="sample with fresh noise (default: deterministic)")
@@ -277,7 +279,7 @@ def run(argv: list[str] | None = None) -> dict:
     if a.no_kv_cache:
         overrides["use_kv_cache"] = False
     policy = PARPolicy.from_pretrained(a.policy, device=a.device, task=a.task, num_threads=a.threads,
-                                       action_horizon=a.action_horizon, **overrides)
+                                       action_horizon=a.action_horizon, compile=a.compile, **overrides)
     task = a.task or policy.task
     seeds = parse_seeds(a.seeds, a.episodes)  # an explicit --seeds list sets the number of episodes
     info = {"name": a.policy, "num_inference_steps": policy.model.num_inference_steps,

@@ -117,3 +117,10 @@ def test_par_eval_outcomes_do_not_depend_on_how_many_envs_share_a_call(tmp_path)
     assert all(one[s]["success"] == two[s]["success"] for s in one), (one, two)
     assert all(abs(one[s]["length"] - two[s]["length"]) <= 2 for s in one), (one, two)
     assert sum(r["success"] for r in one.values()) >= 2  # real outcomes, not three failures alike
+
+
+@pytest.mark.slow  # about a minute of compiling
+def test_compiled_heads_repeat_the_pinned_actions():
+    rec = pinned("par-pickcube")
+    got = replay(PARPolicy.from_pretrained("par-pickcube", num_threads=1, compile=True), rec)
+    np.testing.assert_allclose(got, rec["actions"], atol=ATOL, rtol=0)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Rebuild a shipped checkpoint from the demos committed under data/, with its recipe (docs/RESULTS.md).
+#
+#   bash examples/rebuild_checkpoint.sh par-pickcube     # tokenizer, video model, fine-tuning: about 45 min on 2 cores
+#   bash examples/rebuild_checkpoint.sh par-stackcube    # fine-tuning from par-pickcube, then par-locate: about 65 min
+#   OUT=runs/rebuild EVAL=1 bash examples/rebuild_checkpoint.sh par-pickcube   # and par-eval on 100 seeds
+#
+# Every step resumes when the script runs again (par-train continues from its last checkpoint; a
+# finished stage's final/ folder is kept). The result lands in $OUT/<name>/final; compare it with the
+# shipped one by `par-eval --policy $OUT/<name>/final --seeds 2000000-2000099 ...` on seeds neither was
+# chosen on. Floating-point results depend on the thread count (THREADS, default 2) and the CPU.
+# Console scripts come from the venv: `source .venv/bin/activate` first (make setup creates it).
+set -euo pipefail
+NAME=${1:?usage: bash examples/rebuild_checkpoint.sh par-pickcube|par-stackcube}
+OUT=${OUT:-runs/rebuild}
+THREADS=${THREADS:-2}
+PRECISION=${PRECISION:-auto}
+FT="--steps 4500 --batch-size 16 --lr 6e-4 --warmup 100 --ema 0.999 --ckpt-every 250 --val-every 750 --threads $THREADS --precision $PRECISION"
+done_stage() { [ -f "$1/final/model.safetensors" ]; }
+need() { [ -f "$1/meta.json" ] || { echo "rebuild_checkpoint: $1 is missing (data/README.md says how it was collected)" >&2; exit 2; }; }
+
+case "$NAME" in
+  par-pickcube)
+    D=data/pickcube-ee-fov08; R=$OUT/par-pickcube
+    need "$D"
+    # the video model: tokenizer and frames-only pretraining on the same demos' frames
+    done_stage "$R/tokenizer" || par-train tokenizer --data "$D" --out "$R" --preset cpu64 --steps 1000 --batch-size 4 \
+      --lr 2e-3 --fg-weight 20 --ckpt-every 200 --val-every 500 --threads "$THREADS" --precision "$PRECISION" \
+      --set vae_stride=4 'vae_channels=[16,32,64]' patch_size=4
+    done_stage "$R/pretrain-video" || par-train pretrain-video --data "$D" --out "$R" --steps 800 --batch-size 16 \
+      --ckpt-every 200 --val-every 400 --threads "$THREADS" --precision "$PRECISION"
+    done_stage "$R/finetune" || par-train finetune --data "$D" --out "$R" --init "$R/pretrain-video/final" $FT
+    FINAL=$R/finetune/final ;;
+  par-stackcube)
+    D=data/stackcube-ee-fov08-priv; R=$OUT/par-stackcube
+    need "$D"
+    done_stage "$R/finetune" || par-train finetune --data "$D" --out "$R" --init par-pickcube $FT
+    # par-locate reads a ManiSkill .h5 (it relays the demos' env states): the compact folder, back as one
+    H=$R/demos/trajectory.rgb.pd_ee_delta_pos.h5
+    [ -f "$H" ] || python -c "from par_agent.data import import_compact; import_compact('$D', '$H')"
+    done_stage "$R/located" || par-locate --policy "$R/finetune/final" --data "$H" --out "$R/located" \
+      --objects cubeA cubeB --layouts 20000 --epochs 6 --workers 2 --threads "$THREADS"
+    FINAL=$R/located/final ;;
+  par-pushcube)
+    echo "rebuild_checkpoint: par-pushcube's 1,000 demos are not in data/ yet (data/README.md); its recipe is" \
+         "examples/train_protocol.sh with SCALE=cpu NUM_DEMOS=1000" >&2
+    exit 2 ;;
+  *)
+    echo "rebuild_checkpoint: unknown checkpoint $NAME (par-pickcube, par-stackcube)" >&2
+    exit 2 ;;
+esac
+echo "rebuilt $NAME: $FINAL"
+if [ "${EVAL:-0}" = 1 ]; then
+  par-eval --policy "$FINAL" --episodes 100 --num-envs 2 --threads "$THREADS" --out "$OUT/$NAME.eval.json"
+fi
