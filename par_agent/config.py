@@ -17,10 +17,6 @@ _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SAMPLERS = ("dpmsolver", "ddim")
 # Fields a loaded checkpoint may change: inference settings that leave the weights as they are.
 RUNTIME_FIELDS = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks")
-# fields that older checkpoints record and this version dropped with the experiments behind them; a
-# checkpoint that holds one at its neutral value loads, any other value is refused by name
-RETIRED = {"value_head_width": 0, "best_of": 1, "perception_targets": [], "perception_dim": 0,
-           "perception_loss_weight": 1.0}
 ENV_KWARGS = ("control_mode", "obs_mode", "camera_size", "camera_fov", "cameras", "max_episode_steps")
 
 
@@ -219,11 +215,6 @@ class PARConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PARConfig":
-        used = {k: v for k, v in d.items() if k in RETIRED and v != RETIRED[k]}
-        if used:
-            raise ValueError(f"this checkpoint uses {sorted(used)}, experiment options that par-agent no longer has "
-                             "(their results were negative; docs/RESULTS.md): load it with par-agent 0.1")
-        d = {k: v for k, v in d.items() if k not in RETIRED}  # written by older versions at their neutral value
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

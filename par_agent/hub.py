@@ -85,6 +85,21 @@ def save_checkpoint(model: torch.nn.Module, cfg: PARConfig, folder: str | os.Pat
     return folder
 
 
+# config fields that checkpoints of par-agent 0.1 record and this version dropped with the experiments
+# behind them: at these neutral values they are read past, any other value is refused by name
+RETIRED_FIELDS = {"value_head_width": 0, "best_of": 1, "perception_targets": [], "perception_dim": 0,
+                  "perception_loss_weight": 1.0}
+
+
+def config_from_saved(d: dict) -> PARConfig:
+    """A :class:`PARConfig` from a saved config dict, written by this or an earlier version."""
+    used = sorted(k for k, v in d.items() if k in RETIRED_FIELDS and v != RETIRED_FIELDS[k])
+    if used:
+        raise ValueError(f"this checkpoint uses {used}, experiment options that par-agent no longer has "
+                         "(their results were negative; docs/RESULTS.md): load it with par-agent 0.1")
+    return PARConfig.from_dict({k: v for k, v in d.items() if k not in RETIRED_FIELDS})
+
+
 def read_checkpoint(folder: str | os.PathLike) -> tuple[PARConfig, dict[str, torch.Tensor], dict]:
     """Config, weights and extra metadata of a checkpoint folder, with errors naming the bad file."""
     folder = Path(folder)
@@ -92,8 +107,8 @@ def read_checkpoint(folder: str | os.PathLike) -> tuple[PARConfig, dict[str, tor
     if missing:
         raise CheckpointError(f"checkpoint folder {folder} is missing {', '.join(missing)}")
     try:
-        cfg = PARConfig.from_json(folder / CONFIG_NAME)
-    except (ValueError, TypeError) as e:
+        cfg = config_from_saved(json.loads((folder / CONFIG_NAME).read_text()))
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"bad {folder / CONFIG_NAME}: {e}") from e
     try:
         with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:  # one read: tensors and metadata

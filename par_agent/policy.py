@@ -89,7 +89,9 @@ class PARPolicy(BasePolicy):
         if (model is None) == (config is None):
             raise TypeError("PARPolicy needs exactly one of model= (a PhysicalAutoregressiveModel) or config=")
         if model is None:
-            model = PhysicalAutoregressiveModel(config if isinstance(config, PARConfig) else PARConfig.from_dict(config))
+            from par_agent.hub import config_from_saved
+
+            model = PhysicalAutoregressiveModel(config if isinstance(config, PARConfig) else config_from_saved(config))
         super().__init__(observation_space or observation_space_for(model.cfg), action_space or action_space_for(model),
                          normalize_images=False)
         self.model = model.eval()

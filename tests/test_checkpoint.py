@@ -103,3 +103,18 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(FileNotFoundError, match="someone/par-model"):
         resolve("someone/par-model")
+
+
+def test_configs_of_earlier_versions_load_unless_they_use_a_removed_experiment():
+    """par-stackcube's config.json records best_of=1, value_head_width=0, ... (par-agent 0.1): read past.
+    A checkpoint that used one of those experiments is refused by name, not loaded without it."""
+    from par_agent.config import PARConfig
+    from par_agent.hub import config_from_saved
+
+    d = PARConfig.named("tiny").to_dict()
+    old = {**d, "best_of": 1, "value_head_width": 0, "perception_targets": [], "perception_dim": 0}
+    assert config_from_saved(old) == PARConfig.named("tiny")
+    with pytest.raises(ValueError, match=r"uses \['best_of'\].*par-agent 0.1"):
+        config_from_saved({**old, "best_of": 4})
+    with pytest.raises(ValueError, match="unknown PARConfig fields"):
+        config_from_saved({**d, "no_such_field": 1})

@@ -1,6 +1,7 @@
 """par-collect end to end (real motion planning, real rendering) and the compact format."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -220,6 +221,20 @@ def test_killed_collect_leaves_no_workers(sig, tmp_path):
             for pid in [proc.pid] + workers:  # a failing run leaves nothing behind either
                 if _running(pid):
                     os.kill(pid, signal.SIGKILL)
+    if sig != signal.SIGKILL:
+        return
+    # run again after the hard kill: it finishes, with every demo once and no unfinished file left
+    from par_agent.data.collect import main
+
+    assert main(["--task", "PushCube-v1", "--num-demos", "4", "--out", str(tmp_path), "--workers", "2",
+                 "--camera-size", "32", "--no-progress"]) == 0
+    path = trajectory_path(tmp_path, "PushCube-v1")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    seeds = [ep["episode_seed"] for ep in meta["episodes"]]
+    with h5py.File(path) as f:
+        assert len([k for k in f if k.startswith("traj_")]) == len(seeds) >= 4
+    assert len(set(seeds)) == len(seeds), seeds
+    assert not list(path.parent.rglob("*.partial*")) and not list(path.parent.rglob("*.merging*"))
 
 
 def test_second_collect_into_the_same_folder_is_refused(tmp_path, capsys):
