@@ -71,7 +71,7 @@ def _sync(device: torch.device) -> None:
 def bench_stage(model: PhysicalAutoregressiveModel, stage: str, batch_size: int, steps: int, warmup: int,
                 precision: str = "auto") -> dict:
     dev = model.device
-    amp = autocast_for(dev, precision, model.cfg.width)
+    amp = autocast_for(dev, precision)
     if stage == "tokenizer":
         objective, params = TokenizerObjective(model), list(model.frame_tokenizer.parameters())
     else:
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     for stage in args.stages:
         for precision in args.precision:
             row = bench_stage(model, stage, args.batch_size, args.steps, args.warmup, precision)
-            row["precision"] = resolve_precision(precision, dev, cfg.width)
+            row["precision"] = resolve_precision(precision, dev)
             if args.peak_tflops:
                 row["mfu"] = row["achieved_tflops"] / args.peak_tflops
             if "matmul_tflops" in out:

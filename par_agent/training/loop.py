@@ -202,12 +202,12 @@ def train(args: TrainArgs) -> dict:
             # video pretraining leaves the action head and state embedding without gradients
             find_unused_parameters=args.stage == "pretrain-video")
     data = batches(make_loader(args, train_set, rank, world, step, device))
-    amp = autocast_for(device, args.precision, model.cfg.width)
+    amp = autocast_for(device, args.precision)
     log = MetricsLog(stage_dir, enabled=rank == 0)
     if rank == 0:
         print(f"[par-train] {args.stage}: {note}; {len(train_set)} training windows; "
               f"{sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters; device {device}; "
-              f"{resolve_precision(args.precision, device, model.cfg.width)} matrix products; world {world}",
+              f"{resolve_precision(args.precision, device)} matrix products; world {world}",
               file=sys.stderr)
 
     bar = tqdm(total=args.steps, initial=step, desc=args.stage, disable=rank != 0 or not args.progress,

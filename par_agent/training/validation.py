@@ -32,7 +32,7 @@ def validate(model: PhysicalAutoregressiveModel, val_sets, stage: str, device, o
     tok = model.frame_tokenizer
     scores: dict[str, list[torch.Tensor]] = defaultdict(list)  # per frame (PSNR) or action entry (MSE)
     g = torch.Generator(device=device).manual_seed(0)
-    amp = autocast_for(torch.device(device), precision, model.cfg.width)
+    amp = autocast_for(torch.device(device), precision)
     for start in range(0, len(picks), batch_size):
         batch = default_collate([ds[i] for ds, i in picks[start:start + batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
