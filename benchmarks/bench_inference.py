@@ -74,15 +74,26 @@ def time_chunks(model: PhysicalAutoregressiveModel, context: int, batch: int, re
     for _ in range(context - 1):
         model.commit(ctx, rows, torch.zeros(batch, cfg.chunk_size, cfg.action_dim, device=dev), *_obs(cfg, batch, dev))
     blocks, hidden = ctx.blocks.copy(), ctx.hidden.clone()
+
+    def restore() -> None:  # the same context length for every repeat
+        ctx.blocks[:], ctx.hidden[:] = blocks, hidden
+
+    return median_chunk_ms(model, ctx, rows, repeats, after=restore)
+
+
+def median_chunk_ms(model: PhysicalAutoregressiveModel, ctx, rows: list[int], repeats: int, after=None) -> float:
+    """Median ms of ``repeats`` chunks of ``rows`` (``after()`` runs untimed after each)."""
+    cfg, dev = model.cfg, model.device
     times = []
     for _ in range(repeats):
-        obs = _obs(cfg, batch, dev)
+        obs = _obs(cfg, len(rows), dev)
         _sync(dev)
         t0 = time.perf_counter()
         chunk(model, ctx, rows, obs)
         _sync(dev)
         times.append(time.perf_counter() - t0)
-        ctx.blocks[:], ctx.hidden[:] = blocks, hidden  # the same context length for every repeat
+        if after is not None:
+            after()
     times.sort()
     return 1000 * times[len(times) // 2]
 
@@ -95,16 +106,7 @@ def steady_state_ms(model: PhysicalAutoregressiveModel, batch: int, chunks: int)
     model.start(ctx, rows, torch.zeros(batch, dtype=torch.long, device=dev), *_obs(cfg, batch, dev))
     for _ in range(cfg.history):  # warm up past the first eviction
         chunk(model, ctx, rows)
-    times = []
-    for _ in range(chunks):
-        obs = _obs(cfg, batch, dev)
-        _sync(dev)
-        t0 = time.perf_counter()
-        chunk(model, ctx, rows, obs)
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1000 * times[len(times) // 2]
+    return median_chunk_ms(model, ctx, rows, chunks)
 
 
 def chunk_flops(model: PhysicalAutoregressiveModel, batch: int = 1) -> int:
