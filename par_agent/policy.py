@@ -187,6 +187,14 @@ class PARPolicy(BasePolicy):
         if rgb.dtype != np.uint8:
             raise ValueError(f"observation['rgb'] must have dtype uint8, got {rgb.dtype}")
         batched = rgb.ndim == 4
+        if rgb.ndim in (3, 4) and rgb.shape[-1] > 3 and rgb.shape[-1] % 3 == 0:
+            cams = self.env_kwargs.get("cameras") or ["base_camera"]
+            raise ValueError(
+                f"observation['rgb'] has shape {rgb.shape}: {rgb.shape[-1] // 3} camera images stacked along the "
+                f"channels (ManiSkill's FlattenRGBDObservationWrapper with several cameras). This policy reads "
+                f"{cams} side by side, channel-last. Build the env with only those cameras "
+                f"(make_env(task, **policy.env_kwargs), or gym.make(..., sensor_configs=envs.sensor_configs(...))), "
+                f"or pass each camera's 3 channels (ManiSkill's sensor order) placed side by side along the width")
         if rgb.ndim not in (3, 4) or rgb.shape[-1] != 3 or rgb.shape[-2] != n * rgb.shape[-3]:
             what = "a square channel-last image" if n == 1 else f"{n} square camera images side by side, channel-last,"
             raise ValueError(f"observation['rgb'] must have shape ({s}, {n * s}, 3) or (n_envs, {s}, {n * s}, 3) "

@@ -273,3 +273,13 @@ def test_sb3_forward_takes_torch_tensors_and_acts_as_predict():
         got = b.forward({k: torch.as_tensor(v) for k, v in o.items()}, deterministic=True)
         assert torch.is_tensor(got) and got.shape == (2, 8)
         np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+
+
+def test_channel_stacked_cameras_get_an_error_that_says_what_to_pass():
+    """ManiSkill's FlattenRGBDObservationWrapper stacks several cameras along the channels ((64, 64, 6) for
+    StackCube's two); the policy says so and how to pass its cameras, instead of a bare shape error."""
+    p = tiny_policy()
+    o = obs(2)
+    o["rgb"] = np.concatenate([o["rgb"], o["rgb"]], axis=-1)  # (2, 32, 32, 6)
+    with pytest.raises(ValueError, match=r"2 camera images stacked along the channels.*reads \['base_camera'\]"):
+        p.predict(o)
