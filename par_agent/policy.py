@@ -188,13 +188,7 @@ class PARPolicy(BasePolicy):
             raise ValueError(f"observation['rgb'] must have dtype uint8, got {rgb.dtype}")
         batched = rgb.ndim == 4
         if rgb.ndim in (3, 4) and rgb.shape[-1] > 3 and rgb.shape[-1] % 3 == 0:
-            cams = self.env_kwargs.get("cameras") or ["base_camera"]
-            raise ValueError(
-                f"observation['rgb'] has shape {rgb.shape}: {rgb.shape[-1] // 3} camera images stacked along the "
-                f"channels (ManiSkill's FlattenRGBDObservationWrapper with several cameras). This policy reads "
-                f"{cams} side by side, channel-last. Build the env with only those cameras "
-                f"(make_env(task, **policy.env_kwargs), or gym.make(..., sensor_configs=envs.sensor_configs(...))), "
-                f"or pass each camera's 3 channels (ManiSkill's sensor order) placed side by side along the width")
+            rgb = self._unstack_cameras(rgb)
         if rgb.ndim not in (3, 4) or rgb.shape[-1] != 3 or rgb.shape[-2] != n * rgb.shape[-3]:
             what = "a square channel-last image" if n == 1 else f"{n} square camera images side by side, channel-last,"
             raise ValueError(f"observation['rgb'] must have shape ({s}, {n * s}, 3) or (n_envs, {s}, {n * s}, 3) "
@@ -214,6 +208,25 @@ class PARPolicy(BasePolicy):
         if not batched:
             rgb, st = rgb[None], st[None]
         return rgb, st.astype(np.float32), batched
+
+    def _unstack_cameras(self, rgb: np.ndarray) -> np.ndarray:
+        """(..., H, H, 3m) camera images stacked along the channels, as ManiSkill's
+        ``FlattenRGBDObservationWrapper`` gives several cameras (StackCube: base_camera, then the wrist's
+        hand_camera) -> the policy's n cameras side by side, (..., H, n*H, 3). ManiSkill stacks the task's
+        cameras before the robot's, and every checkpoint's cameras are the first of those
+        (``base_camera``, then ``hand_camera``), so the first n stacked images are taken, with one warning."""
+        m, n = rgb.shape[-1] // 3, self.cfg.num_cameras
+        cams = self.env_kwargs.get("cameras") or ["base_camera"]
+        if rgb.shape[-2] != rgb.shape[-3] or m < n:
+            raise ValueError(f"observation['rgb'] has shape {rgb.shape}: {m} camera images stacked along the channels "
+                             f"(ManiSkill's FlattenRGBDObservationWrapper), but this policy reads {cams} side by side; "
+                             "build the env with make_env(task, **policy.env_kwargs)")
+        if not getattr(self, "_warned_stacked", False):
+            self._warned_stacked = True
+            warnings.warn(f"observation['rgb'] holds {m} cameras stacked along the channels; this policy reads "
+                          f"{cams}: the first {n} of them (ManiSkill's order: the task's cameras, then the robot's)",
+                          stacklevel=5)
+        return np.concatenate([rgb[..., 3 * i:3 * i + 3] for i in range(n)], axis=-2)
 
     def _resize(self, rgb: np.ndarray) -> np.ndarray:
         """(..., H, n*H, 3) -> (..., s, n*s, 3), antialiased as the training frames were. Warns once when

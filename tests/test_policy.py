@@ -275,11 +275,54 @@ def test_sb3_forward_takes_torch_tensors_and_acts_as_predict():
         np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
 
 
-def test_channel_stacked_cameras_get_an_error_that_says_what_to_pass():
+def test_channel_stacked_cameras_are_read_as_the_policys_first_cameras():
     """ManiSkill's FlattenRGBDObservationWrapper stacks several cameras along the channels ((64, 64, 6) for
-    StackCube's two); the policy says so and how to pass its cameras, instead of a bare shape error."""
-    p = tiny_policy()
+    StackCube's base and wrist cameras): the policy reads its own, the first, with one warning; the same
+    actions as given that camera alone."""
     o = obs(2)
-    o["rgb"] = np.concatenate([o["rgb"], o["rgb"]], axis=-1)  # (2, 32, 32, 6)
-    with pytest.raises(ValueError, match=r"2 camera images stacked along the channels.*reads \['base_camera'\]"):
-        p.predict(o)
+    stacked = dict(o, rgb=np.concatenate([o["rgb"], 255 - o["rgb"]], axis=-1))  # (2, 32, 32, 6)
+    with pytest.warns(UserWarning, match="2 cameras stacked along the channels; this policy reads"):
+        got, _ = tiny_policy().predict(stacked, deterministic=True)
+    want, _ = tiny_policy().predict(o, deterministic=True)
+    np.testing.assert_array_equal(got, want)
+    bad = dict(o, rgb=np.concatenate([o["rgb"][:, :, :16]] * 2, axis=-1))  # not square
+    with pytest.raises(ValueError, match="stacked along the channels"):
+        tiny_policy().predict(bad)
+
+
+@pytest.mark.maniskill
+def test_par_stackcube_acts_in_maniskills_own_loop_with_both_cameras(monkeypatch):
+    """gym.make + FlattenRGBDObservationWrapper, as a ManiSkill user writes it: StackCube's two cameras
+    come stacked, (1, 64, 64, 6), as torch tensors; the policy acts as it does on make_env's observations."""
+    import gymnasium as gym
+    import torch
+    from mani_skill.utils.wrappers.flatten import FlattenRGBDObservationWrapper
+
+    import envs
+    from envs import make_env
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    kw = PARPolicy.from_pretrained("par-stackcube").env_kwargs
+    raw = FlattenRGBDObservationWrapper(
+        gym.make("StackCube-v1", obs_mode="rgb", control_mode=kw["control_mode"],
+                 sensor_configs=envs.sensor_configs(kw["camera_size"], kw["camera_fov"])),
+        rgb=True, depth=False, state=True)
+    ours = make_env("StackCube-v1", **kw)
+    a_obs, _ = raw.reset(seed=1_000_000)
+    b_obs, _ = ours.reset(seed=1_000_000)
+    assert tuple(a_obs["rgb"].shape) == (1, 64, 64, 6)
+    p, q = PARPolicy.from_pretrained("par-stackcube"), PARPolicy.from_pretrained("par-stackcube")
+    for t in range(9):  # one chunk and the start of the next
+        with pytest.warns(UserWarning, match="stacked along the channels") if t == 0 else _no_warning():
+            a, _ = p.predict(a_obs, episode_start=np.array([t == 0]), deterministic=True)
+        b, _ = q.predict(b_obs, episode_start=np.array([t == 0]), deterministic=True)
+        np.testing.assert_allclose(a[0], b, atol=1e-4)
+        a_obs, *_ = raw.step(torch.as_tensor(a))
+        b_obs, *_ = ours.step(b)
+    raw.close(), ours.close()
+
+
+def _no_warning():
+    from contextlib import nullcontext
+
+    return nullcontext()
