@@ -131,3 +131,18 @@ def test_tiny_model_overfits_a_small_sequence(with_actions):
         losses.append(out["loss"].item())
     first, last = sum(losses[:10]) / 10, sum(losses[-30:]) / 30
     assert last < first / 5, (first, last)
+
+
+def test_contexts_not_started_are_refused_by_row():
+    m = tiny_model()
+    cfg = m.cfg
+    ctx = m.new_contexts(2)
+    fr = torch.zeros(1, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
+    m.start(ctx, [0], torch.zeros(1, dtype=torch.long), fr, torch.zeros(1, cfg.state_dim))
+    noise = (torch.zeros(2, cfg.frame_tokens, cfg.token_dim), torch.zeros(2, cfg.chunk_size, cfg.action_dim))
+    with pytest.raises(ValueError, match=r"contexts \[1\] were not started"):
+        m.act(ctx, [0, 1], *noise)
+    with pytest.raises(ValueError, match=r"contexts \[1\] were not started"):
+        m.commit(ctx, [1], torch.zeros(1, cfg.chunk_size, cfg.action_dim), fr, torch.zeros(1, cfg.state_dim))
+    with pytest.raises(ValueError, match="action noise must have shape"):
+        m.act(ctx, [0], noise[0][:1], noise[1])

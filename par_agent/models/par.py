@@ -345,8 +345,10 @@ class PhysicalAutoregressiveModel(nn.Module):
         observation it led to, frames (R, H, W, 3) and state (R, Ds). Contexts that become full drop
         ``eviction`` blocks and are recomputed (together, in a second call)."""
         layout, dev, P = ctx.layout, self.device, self.cfg.frame_tokens
-        x = self._block(frames, state, actions)
         rows = list(rows)
+        if not ctx.started(rows).all():
+            raise ValueError(f"contexts {[r for r in rows if not ctx.blocks[r]]} were not started (model.start)")
+        x = self._block(frames, state, actions)
         full = [j for j, r in enumerate(rows) if ctx.blocks[r] + 1 >= layout.history]
         rest = [j for j, r in enumerate(rows) if ctx.blocks[r] + 1 < layout.history]
         if rest:
