@@ -36,7 +36,21 @@ def test_a_few_shipped_episodes_read_offline(name):
         assert data["obs"]["agent"]["qpos"].shape == (L + 1, 9)
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_stackcube_demos_fit_par_stackcube():
+    """data/stackcube-ee-fov08-priv is par-stackcube's recipe collected again (seeds 0-249; ManiSkill's
+    replay kept 248 where the original kept 249, one of them with a larger first action): the same
+    state layout and action space as the checkpoint, not the very same demos (docs/DATA.md)."""
+    from par_agent import PARPolicy
+    from par_agent.data.dataset import episodes_in
+
+    path = present("par-stackcube")
+    cfg = PARPolicy.from_pretrained("par-stackcube").cfg
+    eps = episodes_in(path)
+    data = eps[0].load(False)
+    assert len(eps) == 248 and data["state"].shape[1] == cfg.state_dim and data["actions"].shape[1] == cfg.action_dim
+
+
+@pytest.mark.parametrize("name", ["par-pickcube", "par-pushcube"])
 def test_checkpoint_statistics_come_from_its_shipped_demos(name):
     """Each checkpoint's action range and state statistics are those of its folder's demos. They were
     collected again with the same planner seeds on another CPU, where the simulator rounds differently:
