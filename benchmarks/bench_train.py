@@ -28,7 +28,7 @@ from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
 from par_agent.training import parse_overrides
 from par_agent.training.checkpoints import make_ema
-from par_agent.precision import autocast_for, resolve_precision
+from par_agent.precision import autocast_for, native_bf16_cpu, resolve_precision
 from par_agent.training.step import TokenizerObjective, make_optimizer, train_step
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
               f"{out['threads']} threads, device {out.get('gpu', dev)}")
     if dev.type == "cpu":  # the target: model FLOP/s against this machine's float32 matmul rate, measured now
         out["matmul_tflops"] = {"float32": matmul_tflops(torch.float32), "bfloat16": matmul_tflops(torch.bfloat16)}
+        out["native_bf16"] = native_bf16_cpu()
         if not args.json:
             print(f"matmul rate here, now ({out['threads']} threads): float32 {out['matmul_tflops']['float32']:.3f} "
-                  f"TFLOP/s, bfloat16 {out['matmul_tflops']['bfloat16']:.3f} TFLOP/s")
+                  f"TFLOP/s, bfloat16 {out['matmul_tflops']['bfloat16']:.3f} TFLOP/s (native bf16: {out['native_bf16']})")
     for stage in args.stages:
         for precision in args.precision:
             row = bench_stage(model, stage, args.batch_size, args.steps, args.warmup, precision)

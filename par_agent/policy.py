@@ -258,7 +258,7 @@ class PARPolicy(BasePolicy):
         rgb, st, batched = self._check_obs(observation)
         n = rgb.shape[0]
         if n != self.n_envs:
-            if self.n_envs and self.context.started(list(range(self.n_envs))).any() and (
+            if self.context.blocks.any() and (
                     episode_start is None or not np.asarray(episode_start, dtype=bool).all()):
                 warnings.warn(f"predict() got {n} observations after {self.n_envs}: every env's history is "
                               "cleared (pass episode_start=[True]*n, or policy.reset(n), when the envs change)",

@@ -294,6 +294,8 @@ def test_channel_stacked_cameras_are_read_as_the_policys_first_cameras():
 def test_par_stackcube_acts_in_maniskills_own_loop_with_both_cameras(monkeypatch):
     """gym.make + FlattenRGBDObservationWrapper, as a ManiSkill user writes it: StackCube's two cameras
     come stacked, (1, 64, 64, 6), as torch tensors; the policy acts as it does on make_env's observations."""
+    from contextlib import nullcontext
+
     import gymnasium as gym
     import torch
     from mani_skill.utils.wrappers.flatten import FlattenRGBDObservationWrapper
@@ -313,16 +315,10 @@ def test_par_stackcube_acts_in_maniskills_own_loop_with_both_cameras(monkeypatch
     assert tuple(a_obs["rgb"].shape) == (1, 64, 64, 6)
     p, q = PARPolicy.from_pretrained("par-stackcube"), PARPolicy.from_pretrained("par-stackcube")
     for t in range(9):  # one chunk and the start of the next
-        with pytest.warns(UserWarning, match="stacked along the channels") if t == 0 else _no_warning():
+        with pytest.warns(UserWarning, match="stacked along the channels") if t == 0 else nullcontext():
             a, _ = p.predict(a_obs, episode_start=np.array([t == 0]), deterministic=True)
         b, _ = q.predict(b_obs, episode_start=np.array([t == 0]), deterministic=True)
         np.testing.assert_allclose(a[0], b, atol=1e-4)
         a_obs, *_ = raw.step(torch.as_tensor(a))
         b_obs, *_ = ours.step(b)
     raw.close(), ours.close()
-
-
-def _no_warning():
-    from contextlib import nullcontext
-
-    return nullcontext()

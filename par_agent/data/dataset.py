@@ -73,11 +73,6 @@ class _Episode:
 # ----------------------------------------------------------------------------- sources
 
 
-def _state(obs: dict, order: Optional[Sequence[str]]) -> dict:
-    """``{"state": (L+1, D_s)}`` of an episode's ``obs`` (``agent``, ``extra``), in ManiSkill's order."""
-    return {"state": flatten_state(obs, order)}
-
-
 def _state_order(env_info: dict) -> Optional[tuple[str, ...]]:
     """The order of the recorded task's extra state fields (ManiSkill's, ``envs.extra_order``); stored
     files list them alphabetically. ``None`` (the file's own order) when the task is not recorded."""
@@ -107,7 +102,7 @@ def _h5_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
                     g = f[name]
                     obs = g["obs"]
                     out = {"actions": g["actions"][()].astype(np.float32)}
-                    out.update(_state({k: read_group(obs[k]) for k in ("agent", "extra") if k in obs}, order))
+                    out["state"] = flatten_state({k: read_group(obs[k]) for k in ("agent", "extra") if k in obs}, order)
                     if with_frames:
                         sd = {c: {"rgb": obs[f"sensor_data/{c}/rgb"][()]} for c in cameras
                               if f"sensor_data/{c}/rgb" in obs}
@@ -139,7 +134,7 @@ def _compact_episodes(path: Path, cameras: Sequence[str]) -> list[_Episode]:
             data = read_compact_episode(path, e)
             obs = data["obs"]
             out = {"actions": data["actions"].astype(np.float32),
-                   **_state({k: obs[k] for k in ("agent", "extra") if k in obs}, order)}
+                   "state": flatten_state({k: obs[k] for k in ("agent", "extra") if k in obs}, order)}
             if with_frames:
                 out["frames"] = stitch_cameras(obs["sensor_data"], cameras)
             return out

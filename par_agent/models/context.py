@@ -22,7 +22,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
+from par_agent.models.masks import BlockSpec, ik_attention_mask, window_layout
 from par_agent.models.transformer import KVCache
 
 
@@ -103,6 +103,3 @@ class Contexts:
     def started(self, rows) -> np.ndarray:
         """Which of ``rows`` hold a context."""
         return self.blocks[rows] > 0
-
-    def imagined_kinds(self) -> list[Kind]:
-        return [Kind.FRAME] * self.layout.frame_tokens + [Kind.BOA]
