@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["par_agent", "par_agent.*", "envs", "envs.*"]),
-    package_data={"par_agent": ["pretrained/*/*.json", "pretrained/*/*.safetensors"]},
+    package_data={"par_agent": ["pretrained/*/*.json", "pretrained/*/*.safetensors", "pretrained/*/locator/*"]},
     install_requires=[
         # torch is pinned: 2.13.0 (CPU) lies on disk on our Debian 12 machines; an open
         # range would pull a multi-GB CUDA build. On a GPU machine install torch first.

@@ -39,7 +39,7 @@ case "$NAME" in
     H=$R/demos/trajectory.rgb.pd_ee_delta_pos.h5
     [ -f "$H" ] || python -c "from par_agent.data import import_compact; import_compact('$D', '$H')"
     done_stage "$R/located" || par-locate --policy "$R/finetune/final" --data "$H" --out "$R/located" \
-      --objects cubeA cubeB --layouts 20000 --epochs 6 --workers 2 --threads "$THREADS"
+      --objects cubeA cubeB --layouts 20000 --steps 4200 --workers 2 --threads "$THREADS"
     FINAL=$R/located/final ;;
   par-pushcube)
     echo "rebuild_checkpoint: par-pushcube's 1,000 demos are not in data/ yet (data/README.md); its recipe is" \

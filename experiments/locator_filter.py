@@ -69,16 +69,16 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     from par_agent.data.dataset import split_episodes
     from par_agent.locate import load_demos, plain_columns
-    from par_agent.models import PhysicalAutoregressiveModel
+    from par_agent import PARPolicy
 
-    model = PhysicalAutoregressiveModel.from_pretrained(a.policy)
-    if model.locator is None:
+    policy = PARPolicy.from_pretrained(a.policy)
+    if policy.locator is None:
         raise SystemExit(f"{a.policy} has no locator (make one with par-locate)")
-    loc = model.locator.eval()
+    model, loc = policy.model, policy.locator
     objects = list(loc.cfg.objects)
     camera = (model.cfg.env_kwargs.get("cameras") or ["base_camera"])[0]
     episodes, full, _, _ = load_demos(Path(a.data), objects, camera, progress=False)
-    if [tuple(f) for f in full] != [tuple(f) for f in loc.cfg.full_fields]:
+    if [tuple(f) for f in full] != [tuple(f) for f in loc.cfg.privileged_fields]:
         raise SystemExit(f"{a.data}: its state fields differ from the ones the locator rebuilds")
     cols = plain_columns(full, list(loc.cfg.plain_fields))
     val_idx = range(len(episodes)) if a.all else split_episodes([e["name"] for e in episodes], a.val_fraction)[1]

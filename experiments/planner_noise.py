@@ -1,12 +1,13 @@
-"""How far ``par-collect --action-noise`` pushes the planner off its path, and what it costs in failed plans.
+"""How far the noisy demos of ``experiments/noisy_demos.py`` (``--action-noise``) push the planner off
+its path, and what it costs in failed plans.
 
 For each noise setting, the same seeds are solved by ManiSkill's motion planner twice: clean, then with
-the joint-target noise of :mod:`par_agent.data.noise`. It prints, per setting, the share of noisy plans
+the joint-target noise of :mod:`experiments.noisy_demos`. It prints, per setting, the share of noisy plans
 that still succeed (``par-collect`` keeps only those), the mean over seeds of the largest distance of
 the noisy gripper (TCP) from the clean run's path, and the seconds per plan (no rendering)::
 
-    python experiments/planner_noise.py                                   # StackCube-v1, 8 seeds
-    python experiments/planner_noise.py --sigma 0.01 0.02 0.03 --rho 0.8 --episodes 16
+    python -m experiments.planner_noise                                   # StackCube-v1, 8 seeds
+    python -m experiments.planner_noise --sigma 0.01 0.02 0.03 --rho 0.8 --episodes 16
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def solve_once(task: str, seed: int, noise) -> tuple[bool, np.ndarray, float]:
 
     from envs import gym_make
     from par_agent.data.collect import motion_planners, plan_succeeded
-    from par_agent.data.noise import JointTargetNoise
+    from experiments.noisy_demos import JointTargetNoise
 
     env = gym_make(task, obs_mode="state", control_mode="pd_joint_pos", sim_backend="cpu")
     if noise.sigma > 0:
@@ -61,7 +62,7 @@ def path_deviation(path: np.ndarray, reference: np.ndarray) -> float:
 
 
 def main(argv=None) -> int:
-    from par_agent.data.noise import JointNoise
+    from experiments.noisy_demos import JointNoise
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--task", default="StackCube-v1")

@@ -81,12 +81,6 @@ class PARConfig:
     frame_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
 
-    # --- object locator (acting from pixels with a policy fine-tuned on privileged state) -----
-    locator: dict = field(default_factory=dict)
-    """The :class:`~par_agent.models.locator.LocatorConfig` (as a dict) of an object locator that
-    rebuilds the privileged state fields from each frame and the plain state (``par-locate``); then
-    the policy's state input is the plain one (``input_state_dim``). {} = none: the state is read as given."""
-
     # --- inference ---------------------------------------------------------------------------
     use_kv_cache: bool = True
     evict_blocks: int = 0
@@ -118,10 +112,6 @@ class PARConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"PARConfig.{name} must be a positive integer, got {value!r}")
-        if self.locator:  # its own fields are validated by LocatorConfig when the model builds it
-            full = sum(int(s) for _, s in self.locator.get("full_fields", ()))
-            if full != self.state_dim:
-                raise ValueError(f"PARConfig.locator rebuilds a state of {full} numbers, but state_dim={self.state_dim}")
         if self.history < 2:
             raise ValueError(f"PARConfig.history must be >= 2 blocks (one to act from, one to predict), got {self.history}")
         if not self.vae_channels:
@@ -162,11 +152,6 @@ class PARConfig:
             raise ValueError(f"PARConfig.dropout must be in [0, 1), got {self.dropout}")
 
     # --- derived sizes -----------------------------------------------------------------------
-    @property
-    def input_state_dim(self) -> int:
-        """Size of the state a policy is given: ``state_dim``, or the plain state a locator completes."""
-        return sum(int(s) for _, s in self.locator["plain_fields"]) if self.locator else self.state_dim
-
     @property
     def latent_size(self) -> int:
         """Side of the latent grid."""

@@ -1,5 +1,6 @@
 """Checkpoint folders: ``config.json`` + ``model.safetensors`` (backbone, heads, frame
-tokenizer and normalisation statistics in one file), and name resolution:
+tokenizer and normalisation statistics in one file), with a policy's object locator, if it has
+one, in ``locator/`` (its own ``config.json`` + ``model.safetensors``), and name resolution:
 
 1. a built-in name (``par-pushcube``) -> a folder shipped in ``par_agent/pretrained/``;
 2. an existing local folder;
@@ -20,6 +21,7 @@ from par_agent.config import PARConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+LOCATOR_DIR = "locator"  # a policy's state estimator, beside the model: its own config.json + model.safetensors
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 
@@ -53,7 +55,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, f"{LOCATOR_DIR}/*"]))
     except LocalEntryNotFoundError as e:
         raise FileNotFoundError(
             f"{repo_id!r} is not a built-in name ({builtin_names()}) or a local folder, and the Hugging Face Hub "
@@ -63,16 +65,15 @@ def _download(repo_id: str, revision: str | None) -> Path:
         raise FileNotFoundError(f"{repo_id!r} is not a built-in name, a local folder or a Hugging Face Hub repo: {e}") from e
 
 
-def save_checkpoint(model: torch.nn.Module, cfg: PARConfig, folder: str | os.PathLike,
-                    extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` atomically (temp file + rename).
-
-    ``dtype`` (e.g. ``torch.float16``) stores floating weights smaller; loading casts back.
-    """
+def save_module(module: torch.nn.Module, config: dict, folder: str | os.PathLike, extra: dict | None = None,
+                dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json`` (``config``) and ``model.safetensors`` (``module``'s state dict) into
+    ``folder``, each atomically (temp file + rename). ``dtype`` (e.g. ``torch.float16``) stores
+    floating weights smaller; loading casts back."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {}
-    for k, v in model.state_dict().items():
+    for k, v in module.state_dict().items():
         v = v.detach().cpu().contiguous()
         state[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
     meta = {"format": "pt", "par_agent": "1"}
@@ -81,8 +82,36 @@ def save_checkpoint(model: torch.nn.Module, cfg: PARConfig, folder: str | os.Pat
     with atomic_file(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata=meta)
     with atomic_file(folder / CONFIG_NAME) as tmp:
-        cfg.to_json(tmp)
+        Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return folder
+
+
+def save_checkpoint(model: torch.nn.Module, cfg: PARConfig, folder: str | os.PathLike,
+                    extra: dict | None = None, dtype: torch.dtype | None = None) -> Path:
+    """A PAR model's folder: :func:`save_module` with its :class:`PARConfig`."""
+    return save_module(model, cfg.to_dict(), folder, extra=extra, dtype=dtype)
+
+
+def read_module(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """The config dict, weights and extra metadata :func:`save_module` wrote, with errors naming the bad file."""
+    folder = Path(folder)
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint folder {folder} is missing {', '.join(missing)}")
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"bad {folder / CONFIG_NAME}: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"bad {folder / CONFIG_NAME}: expected a JSON object, got {type(config).__name__}")
+    try:
+        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:  # one read: tensors and metadata
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"corrupt weights file {folder / WEIGHTS_NAME}: {e}") from e
+    extra = json.loads(meta["extra"]) if "extra" in meta else {}
+    return config, state, extra
 
 
 # config fields that checkpoints of par-agent 0.1 record and this version dropped with the experiments
@@ -93,6 +122,10 @@ RETIRED_FIELDS = {"value_head_width": 0, "best_of": 1, "perception_targets": [],
 
 def config_from_saved(d: dict) -> PARConfig:
     """A :class:`PARConfig` from a saved config dict, written by this or an earlier version."""
+    if d.get("locator"):
+        raise ValueError("this config holds an object locator inside the model (par-agent 0.1's layout); load its "
+                         "checkpoint folder with PARPolicy.from_pretrained, which gives the locator to the policy")
+    d = {k: v for k, v in d.items() if k != "locator"}
     used = sorted(k for k, v in d.items() if k in RETIRED_FIELDS and v != RETIRED_FIELDS[k])
     if used:
         raise ValueError(f"this checkpoint uses {used}, experiment options that par-agent no longer has "
@@ -100,23 +133,31 @@ def config_from_saved(d: dict) -> PARConfig:
     return PARConfig.from_dict({k: v for k, v in d.items() if k not in RETIRED_FIELDS})
 
 
+def split_legacy_locator(config: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict, dict | None, dict]:
+    """par-agent 0.1 kept an object locator inside the model (``config["locator"]``, weights under
+    ``locator.``) and set the model's ``obs_mode`` to the plain ``"rgb"``. Returns the model's config
+    and weights without it (the model itself reads the full state: ``"rgb+state_dict"``), and the
+    locator's config and weights (None and {} when there is none)."""
+    loc = config.get("locator") or None
+    config = {k: v for k, v in config.items() if k != "locator"}
+    if loc is None:
+        return config, state, None, {}
+    if "env_kwargs" in config:
+        config["env_kwargs"] = {**config["env_kwargs"], "obs_mode": "rgb+state_dict"}
+    own = {k: v for k, v in state.items() if not k.startswith("locator.")}
+    return config, own, loc, {k[len("locator."):]: v for k, v in state.items() if k.startswith("locator.")}
+
+
 def read_checkpoint(folder: str | os.PathLike) -> tuple[PARConfig, dict[str, torch.Tensor], dict]:
-    """Config, weights and extra metadata of a checkpoint folder, with errors naming the bad file."""
+    """A PAR model's config, weights and extra metadata (an older version's object locator left out:
+    :func:`split_legacy_locator`), with errors naming the bad file."""
     folder = Path(folder)
-    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / n).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint folder {folder} is missing {', '.join(missing)}")
+    config, state, extra = read_module(folder)
+    config, state, _, _ = split_legacy_locator(config, state)
     try:
-        cfg = config_from_saved(json.loads((folder / CONFIG_NAME).read_text()))
-    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        cfg = config_from_saved(config)
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"bad {folder / CONFIG_NAME}: {e}") from e
-    try:
-        with safe_open(str(folder / WEIGHTS_NAME), "pt") as f:  # one read: tensors and metadata
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"corrupt weights file {folder / WEIGHTS_NAME}: {e}") from e
-    extra = json.loads(meta["extra"]) if "extra" in meta else {}
     return cfg, state, extra
 
 

@@ -12,10 +12,12 @@ demos' frames (the privileged copy holds ManiSkill's labels) and from ``--layout
 demo steps re-rendered with the resting objects moved (:mod:`par_agent.data.layouts`), so that it
 sees many more places than the demos' one layout per episode. The held-out episodes (the same
 split as ``par-train``'s) measure its error. ``OUT/final/`` is the policy with the locator inside:
-its state input is the plain one and its ``env_kwargs`` ask for ``obs_mode="rgb"``.
+the policy's state estimator, in ``OUT/final/locator/`` beside the model: the policy's state input
+is the plain one and its ``env_kwargs`` ask for ``obs_mode="rgb"``.
 
-Resumable: the rendered layouts are written in parts (``OUT/layouts/part-*.npz``) and training
-checkpoints after every epoch (``OUT/locator-ckpt.pt``); a re-run continues where it stopped.
+Resumable: the rendered layouts are written in parts (``OUT/layouts/part-*.npz``), and the locator
+trains with par-train's optimiser, batches and checkpoints (:mod:`par_agent.training.locator`,
+``OUT/locator/ckpt-*``); a re-run continues where it stopped.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from par_agent.atomic import atomic_file, replace_text
-from par_agent.models.locator import LocatorConfig, ObjectLocator, field_rule, yaw_of
+from par_agent.atomic import atomic_file, atomic_folder, replace_text
+from par_agent.models.locator import LocatorConfig, ObjectLocator, field_rule, load_locator, save_locator, yaw_of
+from par_agent.training.locator import LocatorTraining, fit_locator
 
 PART = 1000  # layouts per part file
 
@@ -141,46 +144,6 @@ def errors(net: ObjectLocator, frames: torch.Tensor, states: torch.Tensor, poses
     return res
 
 
-def train(net: ObjectLocator, data: tuple, epochs: int, batch_size: int, lr: float, ckpt: Path, progress: bool,
-          val: tuple | None = None) -> list[dict]:
-    """AdamW with a cosine schedule on the normalised targets; a checkpoint after every epoch."""
-    frames, states, targets = data
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    per_epoch = len(frames) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * per_epoch, pct_start=0.05)
-    log, first = [], 0
-    if ckpt.is_file():
-        c = torch.load(ckpt, weights_only=False)
-        net.load_state_dict(c["net"])
-        opt.load_state_dict(c["opt"])
-        sched.load_state_dict(c["sched"])
-        log, first = c["log"], c["epoch"]
-    g = torch.Generator().manual_seed(0)
-    for epoch in range(first, epochs):
-        g.manual_seed(epoch)
-        order = torch.randperm(len(frames), generator=g)
-        net.train()
-        total, t0 = 0.0, time.time()
-        for s in tqdm(range(per_epoch), desc=f"locator epoch {epoch + 1}/{epochs}", disable=not progress):
-            i = order[s * batch_size:(s + 1) * batch_size]
-            loss = (net(frames[i], states[i]) - targets[i]).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        net.eval()
-        entry = {"epoch": epoch + 1, "loss": round(total / per_epoch, 5), "s": round(time.time() - t0, 1)}
-        if val is not None:
-            entry["val"] = errors(net, *val)
-        log.append(entry)
-        print(json.dumps(entry), file=sys.stderr, flush=True)
-        with atomic_file(ckpt) as tmp:
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "log": log,
-                        "epoch": epoch + 1}, tmp)
-    return log
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="par-locate", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,9 +154,14 @@ def main(argv: list[str] | None = None) -> dict:
                    help="objects to locate by their observation name (extra/<name>_pose), as NAME or NAME=ACTOR where "
                         "the scene's actor is named otherwise (PickCube: obj=cube)")
     p.add_argument("--layouts", type=int, default=20000, help="relaid demo frames to render and train on besides the demos'")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    d = LocatorTraining()
+    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps (about 12 passes over 44,000 frames)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate, after a warm-up, then cosine")
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the weights (0: the last weights)")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--width", type=int, default=32, help="channels of the locator's convolutions")
     p.add_argument("--keypoints", type=int, default=8, help="soft-argmax maps per object")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out episodes (par-train's split)")
@@ -208,12 +176,15 @@ def main(argv: list[str] | None = None) -> dict:
     from envs import sensor_configs
     from envs.state import state_dim
     from par_agent.data.dataset import demo_h5_files, split_episodes
+    from par_agent.hub import resolve
     from par_agent.models import PhysicalAutoregressiveModel
 
+    train_cfg = LocatorTraining(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, ema=a.ema,
+                                ckpt_every=a.ckpt_every, val_every=a.val_every)
+    if load_locator(resolve(a.policy)) is not None:
+        raise SystemExit(f"{a.policy} has a locator already")
     model = PhysicalAutoregressiveModel.from_pretrained(a.policy)
     cfg, kw = model.cfg, dict(model.cfg.env_kwargs)
-    if cfg.locator:
-        raise SystemExit(f"{a.policy} has a locator already")
     camera = (kw.get("cameras") or ["base_camera"])[0]
     files = demo_h5_files(a.data)
     if len(files) != 1:
@@ -226,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     if sum(s for _, s in plain) != state_dim(task):
         raise SystemExit(f"after removing the fields the locator rebuilds, the state has {sum(s for _, s in plain)} "
                          f"numbers; {task}'s plain state has {state_dim(task)}: fields {plain}")
-    lcfg = LocatorConfig(objects=tuple(a.objects), plain_fields=tuple(plain), full_fields=tuple(full),
+    lcfg = LocatorConfig(objects=tuple(a.objects), plain_fields=tuple(plain), privileged_fields=tuple(full),
                          image_size=cfg.image_size, width=a.width, keypoints=a.keypoints)
     cols = plain_columns(full, plain)
     for ep in episodes:
@@ -257,15 +228,16 @@ def main(argv: list[str] | None = None) -> dict:
     net.set_stats(states, poses[..., :3])
     targets = net.targets(poses[..., :3], yaw_of(poses[..., 3:]))
     t0 = time.time()
-    log = train(net, (frames, states, targets), a.epochs, a.batch_size, a.lr, a.out / "locator-ckpt.pt",
-                not a.no_progress, val=val)
+    net, log = fit_locator(net, frames, states, targets, a.out / "locator", train_cfg,
+                           evaluate=(lambda m: errors(m, *val)) if val else None, progress=not a.no_progress)
     train_s = time.time() - t0
-    model.attach_locator(net)
-    model.save_pretrained(a.out / "final")
+    with atomic_folder(a.out / "final") as tmp:  # the policy: the model as it was, its locator beside it
+        model.save_pretrained(tmp)
+        save_locator(net, tmp)
     report = {"policy": a.policy, "data": str(files[0]), "task": task, "objects": a.objects,
               "frames": {"demo_train": int(sum(len(e["frames"]) for e in tr)), "layouts": int(len(lf)),
                          "val": int(len(val[0])) if val else 0},
-              "epochs": a.epochs, "render_s": round(render_s, 1), "train_s": round(train_s, 1),
+              "training": {k: v for k, v in vars(train_cfg).items()}, "render_s": round(render_s, 1), "train_s": round(train_s, 1),
               "val": errors(net, *val) if val else {}, "log": log}
     replace_text(a.out / "report.json", json.dumps(report, indent=2) + "\n")
     for o, e in report["val"].items():

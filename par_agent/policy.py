@@ -24,6 +24,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
+from par_agent.models.locator import ObjectLocator, load_locator, locator_from_dict, save_locator
 from par_agent.tokenizers.frames import resize_frames
 
 
@@ -42,10 +43,12 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def observation_space_for(cfg: PARConfig) -> spaces.Dict:
+def observation_space_for(cfg: PARConfig, locator: ObjectLocator | None = None) -> spaces.Dict:
+    """The frames and the state the policy is given: the model's state, or the plain state ``locator`` completes."""
+    state_dim = locator.cfg.plain_dim if locator is not None else cfg.state_dim
     return spaces.Dict({
         "rgb": spaces.Box(0, 255, cfg.frame_shape, np.uint8),
-        "state": spaces.Box(-np.inf, np.inf, (cfg.input_state_dim,), np.float32),
+        "state": spaces.Box(-np.inf, np.inf, (state_dim,), np.float32),
     })
 
 
@@ -66,6 +69,11 @@ class PARPolicy(BasePolicy):
         seed: seed of the per-env noise generators used when ``deterministic=True``.
         config: instead of ``model``, the config of a new (untrained) model; SB3's ``load`` rebuilds
             the policy this way, then loads the saved weights into it.
+        locator: the policy's state estimator, for a model fine-tuned on privileged task state
+            (``par-locate``): an :class:`~par_agent.models.locator.ObjectLocator` that rebuilds those
+            fields from each frame and the plain state before the model reads them. The policy is
+            then given the plain state, and ``env_kwargs`` ask for ``obs_mode="rgb"``.
+        locator_config: with ``config``, the locator's config (SB3's ``load``, as for ``config``).
         normalize_images: SB3's flag, accepted for ``load``; frames are always read as uint8 pixels.
         num_threads: torch intra-op threads while the policy computes (set for each ``predict`` call
             and restored after). 1 by default: a policy call is small, and on a machine where a
@@ -85,16 +93,25 @@ class PARPolicy(BasePolicy):
     def __init__(self, model: PhysicalAutoregressiveModel | None = None, task: str | None = None,
                  observation_space: spaces.Space | None = None, action_space: spaces.Box | None = None,
                  seed: int = 0, config: PARConfig | dict | None = None, normalize_images: bool = False,
-                 num_threads: int | None = 1, batch_envs: bool = True, action_horizon: int | None = None) -> None:
+                 num_threads: int | None = 1, batch_envs: bool = True, action_horizon: int | None = None,
+                 locator: ObjectLocator | None = None, locator_config: dict | None = None) -> None:
         if (model is None) == (config is None):
             raise TypeError("PARPolicy needs exactly one of model= (a PhysicalAutoregressiveModel) or config=")
+        if locator is not None and locator_config is not None:
+            raise TypeError("PARPolicy takes locator= or locator_config=, not both")
         if model is None:
             from par_agent.hub import config_from_saved
 
             model = PhysicalAutoregressiveModel(config if isinstance(config, PARConfig) else config_from_saved(config))
-        super().__init__(observation_space or observation_space_for(model.cfg), action_space or action_space_for(model),
-                         normalize_images=False)
+        if locator_config is not None:
+            locator = locator_from_dict(locator_config)
+        if locator is not None and locator.cfg.privileged_dim != model.cfg.state_dim:
+            raise ValueError(f"the locator rebuilds a state of {locator.cfg.privileged_dim} numbers; the model reads "
+                             f"{model.cfg.state_dim}")
+        super().__init__(observation_space or observation_space_for(model.cfg, locator),
+                         action_space or action_space_for(model), normalize_images=False)
         self.model = model.eval()
+        self.locator = locator.to(model.device).eval() if locator is not None else None
         self.task = task or self.cfg.task_names[0]
         self.task_index = self.cfg.task_id(self.task)
         self.seed = seed
@@ -127,29 +144,44 @@ class PARPolicy(BasePolicy):
         ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
         ``sampler``, ``history``, ``evict_blocks``.
         """
-        model = PhysicalAutoregressiveModel.from_pretrained(name_or_path, device=device, **overrides)
+        from par_agent.hub import resolve
+
+        folder = resolve(name_or_path)
+        model = PhysicalAutoregressiveModel.from_pretrained(folder, device=device, **overrides)
         if compile:
             model.compile_heads("reduce-overhead" if model.device.type == "cuda" else "default")
         return cls(model, task=task, action_space=action_space, seed=seed, num_threads=num_threads,
-                   action_horizon=action_horizon).to(model.device)
+                   action_horizon=action_horizon, locator=load_locator(folder)).to(model.device)
 
     def save_pretrained(self, folder, dtype: torch.dtype | None = None):
-        """Write ``config.json`` + ``model.safetensors`` (weights, tokenizer, statistics)."""
-        return self.model.save_pretrained(folder, dtype=dtype)
+        """Write ``config.json`` + ``model.safetensors`` (weights, tokenizer, statistics), and the
+        locator, if the policy has one, into ``locator/`` (in float32 whatever ``dtype``)."""
+        out = self.model.save_pretrained(folder, dtype=dtype)
+        if self.locator is not None:
+            save_locator(self.locator, folder)
+        return out
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         """What SB3's ``save`` stores beside the weights so that ``PARPolicy.load`` rebuilds the policy:
         the spaces, task, seed and the model's config (the weights, tokenizer and statistics are in
         the state dict)."""
         return {**super()._get_constructor_parameters(), "task": self.task, "seed": self.seed,
-                "config": self.cfg.to_dict(), "num_threads": self.num_threads, "action_horizon": self.action_horizon}
+                "config": self.cfg.to_dict(), "num_threads": self.num_threads, "action_horizon": self.action_horizon,
+                "locator_config": self.locator.cfg.to_dict() if self.locator is not None else None}
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``envs.make_env`` for the env this checkpoint was trained for:
         ``make_env(policy.task, **policy.env_kwargs)``. Older checkpoints record none; then the camera
-        size is the model's frame size and the rest are make_env's defaults."""
-        return {"camera_size": self.cfg.image_size, **self.cfg.env_kwargs}
+        size is the model's frame size and the rest are make_env's defaults. With a locator the env's
+        ``obs_mode`` is the plain ``"rgb"``: the locator rebuilds the privileged fields."""
+        kw = {"camera_size": self.cfg.image_size, **self.cfg.env_kwargs}
+        return {**kw, "obs_mode": "rgb"} if self.locator is not None else kw
+
+    @property
+    def input_state_dim(self) -> int:
+        """Size of the state the policy is given: the model's, or the plain state its locator completes."""
+        return self.locator.cfg.plain_dim if self.locator is not None else self.cfg.state_dim
 
     # ------------------------------------------------------------------ state
     def reset(self, n_envs: int | None = None) -> None:
@@ -195,7 +227,7 @@ class PARPolicy(BasePolicy):
                              f"({what} of any size), got {rgb.shape}")
         if rgb.shape[-3] != s:
             rgb = self._resize(rgb)
-        want = (rgb.shape[0], self.cfg.input_state_dim) if batched else (self.cfg.input_state_dim,)
+        want = (rgb.shape[0], self.input_state_dim) if batched else (self.input_state_dim,)
         if st.shape != want:
             raise ValueError(f"observation['state'] must have shape {want}, got {st.shape} (its size depends on "
                              "the task and on the env's obs_mode: envs.flatten_state; a model trained on "
@@ -292,7 +324,8 @@ class PARPolicy(BasePolicy):
         dev, cfg, model = self.model.device, self.cfg, self.model
         sel = np.asarray(envs)
         frames, state = torch.from_numpy(rgb[sel]).to(dev), torch.from_numpy(st[sel]).to(dev)
-        state = model.complete_state(frames, state)  # a locator rebuilds privileged fields from the frames
+        if self.locator is not None:  # rebuilds the privileged fields the model reads from the frames
+            state = self.locator.complete_state(frames, state)
         ctx = self.context
         started = ctx.started(envs)
         fresh = [j for j in range(len(envs)) if not started[j]]

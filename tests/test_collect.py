@@ -382,5 +382,5 @@ def test_a_top_up_with_other_cameras_or_noise_is_refused(tmp_path):
     check_same_settings([h5], cams, "planner")  # the same settings: fine
     with pytest.raises(ValueError, match=r"sensor_configs=.*--camera-fov / --cameras\): use another --out"):
         check_same_settings([h5], {"width": 128, "height": 128}, "planner")
-    with pytest.raises(ValueError, match=r"source_desc='planner'.*\(--action-noise\)"):
+    with pytest.raises(ValueError, match=r"source_desc='planner'.*\(collect's act_wrapper\)"):
         check_same_settings([h5], cams, "planner; noise")

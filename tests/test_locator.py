@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ STACK_FULL = (("agent/qpos", 9), ("agent/qvel", 9), ("extra/tcp_pose", 7), ("ext
 
 
 def stack_cfg(**kw) -> LocatorConfig:
-    return LocatorConfig(objects=("cubeA", "cubeB"), plain_fields=STACK_FULL[:3], full_fields=STACK_FULL, **kw)
+    return LocatorConfig(objects=("cubeA", "cubeB"), plain_fields=STACK_FULL[:3], privileged_fields=STACK_FULL, **kw)
 
 
 def test_assemble_rebuilds_maniskill_fields_from_positions():
@@ -48,9 +49,9 @@ def test_assemble_rebuilds_maniskill_fields_from_positions():
 def test_config_refuses_what_it_cannot_rebuild():
     with pytest.raises(ValueError, match="cannot rebuild extra/goal_pos"):
         LocatorConfig(objects=("obj",), plain_fields=STACK_FULL[:3],
-                      full_fields=STACK_FULL[:3] + (("extra/goal_pos", 3),))
+                      privileged_fields=STACK_FULL[:3] + (("extra/goal_pos", 3),))
     with pytest.raises(ValueError, match="objects is empty"):
-        LocatorConfig(objects=(), plain_fields=STACK_FULL[:3], full_fields=STACK_FULL)
+        LocatorConfig(objects=(), plain_fields=STACK_FULL[:3], privileged_fields=STACK_FULL)
 
 
 def test_locator_shapes_and_yaw_range():
@@ -65,6 +66,40 @@ def test_locator_shapes_and_yaw_range():
         net.complete_state(frames, torch.randn(3, 48))
     with pytest.raises(ValueError, match="reads 32x32"):
         net(torch.zeros((1, 64, 64, 3), dtype=torch.uint8), torch.randn(1, 25))
+
+
+def test_locator_training_resumes_exactly_after_a_kill(tmp_path):
+    """fit_locator with par-train's checkpoints: a run stopped after its step-4 checkpoint and run again
+    ends with the weights, statistics and held-out log of the run that was never stopped."""
+    from par_agent.training.locator import LocatorTraining, fit_locator
+
+    torch.manual_seed(0)
+    net = ObjectLocator(stack_cfg(image_size=32, width=4, keypoints=2))
+    frames = torch.randint(0, 256, (24, 32, 32, 3), dtype=torch.uint8)
+    states, pos = torch.randn(24, 25), torch.randn(24, 2, 3) * 0.1
+    net.set_stats(states, pos)
+    targets = net.targets(pos, torch.zeros(24, 2))
+    cfg = LocatorTraining(steps=6, batch_size=4, warmup=2, ema=0.5, ckpt_every=4, val_every=3)
+    score = lambda m: {"cubeA": {"cm_mean": float(m(frames[:4], states[:4]).square().mean())}}  # noqa: E731
+    first = ObjectLocator(net.cfg)
+    first.load_state_dict(net.state_dict())
+    whole, log = fit_locator(first, frames, states, targets, tmp_path / "a", cfg, evaluate=score, progress=False)
+    assert [e["step"] for e in log] == [3, 6]
+    second = ObjectLocator(net.cfg)
+    second.load_state_dict(net.state_dict())
+    fit_locator(second, frames, states, targets, tmp_path / "b", cfg, evaluate=score, progress=False)
+    shutil.rmtree(tmp_path / "b" / "ckpt-00000006")  # killed after the step-4 checkpoint
+    shutil.rmtree(tmp_path / "b" / "final")
+    (tmp_path / "b" / "latest").write_text("ckpt-00000004\n")
+    third = ObjectLocator(net.cfg)
+    third.load_state_dict(net.state_dict())
+    resumed, log2 = fit_locator(third, frames, states, targets, tmp_path / "b", cfg, evaluate=score, progress=False)
+    assert log2 == log
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
+    assert not torch.equal(whole.head[0].weight, net.head[0].weight)  # it trained
+    torch.testing.assert_close(ObjectLocator.from_pretrained(tmp_path / "b" / "final").state_dict()["pos_mean"],
+                               net.pos_mean)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +118,7 @@ def located_pickcube(pickcube_ee_demo, tmp_path_factory):
     model.action_norm.set_stats(-np.ones(4, np.float32), np.ones(4, np.float32))
     model.save_pretrained(root / "priv_policy")
     report = locate_main(["--policy", str(root / "priv_policy"), "--data", str(data), "--out", str(root / "run"),
-                          "--objects", "obj=cube", "--layouts", "6", "--epochs", "1", "--batch-size", "8", "--width", "4",
+                          "--objects", "obj=cube", "--layouts", "6", "--steps", "6", "--ckpt-every", "4", "--val-every", "3", "--batch-size", "8", "--width", "4",
                           "--keypoints", "2", "--workers", "1", "--threads", "1", "--no-progress"])
     return root, report
 
@@ -98,7 +133,13 @@ def test_par_locate_renders_layouts_trains_and_writes_a_plain_policy(located_pic
         assert np.ptp(z["poses"][:, 0, :2], axis=0).max() > 0.02
     assert json.loads((run / "report.json").read_text())["objects"] == ["obj"]
     cfg = json.loads((run / "final" / "config.json").read_text())
-    assert cfg["env_kwargs"]["obs_mode"] == "rgb" and cfg["locator"]["objects"] == ["obj"]
+    # the model as fine-tuned (it reads the full state), its locator beside it in locator/
+    assert cfg["env_kwargs"]["obs_mode"] == "rgb+state_dict" and "locator" not in cfg
+    assert json.loads((run / "final" / "locator" / "config.json").read_text())["objects"] == ["obj"]
+    # par-train's checkpoints: a finished run's newest is its last step, with the held-out log
+    assert (run / "locator" / "latest").read_text().strip() == "ckpt-00000006"
+    rows = (run / "locator" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,name,value,time" and rows[1].startswith("6,train/loss,")
 
 
 def test_located_policy_acts_from_the_plain_env_and_survives_sb3_save(located_pickcube, tmp_path, monkeypatch):
@@ -108,7 +149,7 @@ def test_located_policy_acts_from_the_plain_env_and_survives_sb3_save(located_pi
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     root, _ = located_pickcube
     p = PARPolicy.from_pretrained(str(root / "run" / "final"))
-    assert p.cfg.input_state_dim == 29 and p.cfg.state_dim == 42
+    assert p.input_state_dim == 29 and p.cfg.state_dim == 42 and p.env_kwargs["obs_mode"] == "rgb"
     assert p.observation_space["state"].shape == (29,)
     env = make_env(p.task, **p.env_kwargs)
     obs, _ = env.reset(seed=1_000_000)
@@ -122,9 +163,9 @@ def test_located_policy_acts_from_the_plain_env_and_survives_sb3_save(located_pi
     env.close()
     p.save(tmp_path / "sb3.zip")
     q = PARPolicy.load(tmp_path / "sb3.zip")
-    assert q.model.locator is not None
-    for name, v in p.model.locator.state_dict().items():
-        torch.testing.assert_close(q.model.locator.state_dict()[name], v)
+    assert q.locator is not None and q.env_kwargs == p.env_kwargs
+    for name, v in p.locator.state_dict().items():
+        torch.testing.assert_close(q.locator.state_dict()[name], v)
     with pytest.raises(ValueError, match=r"shape \(29,\)"):
         p.predict({"rgb": obs["rgb"], "state": np.zeros(42, np.float32)})
 
@@ -142,3 +183,33 @@ def test_locator_filter_benchmark_scores_resting_and_moved_frames(located_pickcu
         assert ph["frames"] > 0 and set(ph) == {"frames", "raw", "mean", "window"}
         assert all(np.isfinite(v["cm_mean"]) and v["cm_mean"] >= 0 for k, v in ph.items() if k != "frames")
     assert json.loads((tmp_path / "f.json").read_text())["episodes"] == 1
+
+
+def test_a_policy_saved_with_the_locator_inside_its_model_still_loads(located_pickcube, tmp_path):
+    """par-agent 0.1 kept the locator inside the model (config "locator", weights "locator.*", the
+    model's obs_mode "rgb"): PARPolicy.from_pretrained gives it to the policy, the model alone loads
+    without it, and a bare config holding one is refused by name."""
+    from safetensors.torch import save_file
+
+    from par_agent import PARPolicy
+    from par_agent.hub import config_from_saved, read_module
+    from par_agent.models import PhysicalAutoregressiveModel
+
+    root, _ = located_pickcube
+    new = root / "run" / "final"
+    config, state, _ = read_module(new)
+    loc_config, loc_state, _ = read_module(new / "locator")
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    loc_config = {("full_fields" if k == "privileged_fields" else k): v for k, v in loc_config.items()}  # 0.1's name
+    old = {**config, "locator": loc_config, "env_kwargs": {**config["env_kwargs"], "obs_mode": "rgb"}}
+    (legacy / "config.json").write_text(json.dumps(old))
+    save_file({**state, **{f"locator.{k}": v for k, v in loc_state.items()}}, str(legacy / "model.safetensors"))
+    a, b = PARPolicy.from_pretrained(str(new)), PARPolicy.from_pretrained(str(legacy))
+    assert b.env_kwargs == a.env_kwargs and b.input_state_dim == a.input_state_dim == 29
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    m = PhysicalAutoregressiveModel.from_pretrained(str(legacy))
+    assert m.cfg.env_kwargs["obs_mode"] == "rgb+state_dict" and not any(k.startswith("locator") for k in m.state_dict())
+    with pytest.raises(ValueError, match="object locator inside the model"):
+        config_from_saved(old)

@@ -1,4 +1,5 @@
-"""Joint-target noise for DART-style demos: the wrapper alone, then par-collect with it (real planner)."""
+"""Joint-target noise for DART-style demos (experiments/noisy_demos.py): the wrapper alone, then
+par-collect with it through its act_wrapper hook (real planner)."""
 from __future__ import annotations
 
 import gymnasium as gym
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from par_agent.data.noise import JointNoise, JointTargetNoise
+from experiments.noisy_demos import JointNoise, JointTargetNoise
 
 
 class _Echo(gym.Env):
@@ -73,11 +74,13 @@ def test_par_collect_records_the_noisy_targets_it_executed(tmp_path, capsys):
     from mani_skill.utils.io_utils import load_json
 
     from envs import gym_make
-    from par_agent.data.collect import main, trajectory_path
+    from experiments.noisy_demos import main
+    from par_agent.data.collect import main as collect_main
+    from par_agent.data.collect import trajectory_path
 
     common = ["--task", "PushCube-v1", "--camera-size", "32", "--no-progress"]
     args = common + ["--num-demos", "1"]
-    assert main(args + ["--out", str(tmp_path / "clean")]) == 0
+    assert collect_main(args + ["--out", str(tmp_path / "clean")]) == 0
     assert main(args + ["--out", str(tmp_path / "noisy"), "--action-noise", "0.02"]) == 0
     clean, noisy = trajectory_path(tmp_path / "clean", "PushCube-v1"), trajectory_path(tmp_path / "noisy", "PushCube-v1")
     meta = load_json(str(noisy.with_suffix(".json")))
@@ -99,7 +102,7 @@ def test_par_collect_records_the_noisy_targets_it_executed(tmp_path, capsys):
     # a folder holds one noise setting
     capsys.readouterr()
     assert main(common + ["--num-demos", "2", "--out", str(tmp_path / "clean"), "--action-noise", "0.02"]) == 2
-    assert "--action-noise" in capsys.readouterr().err
+    assert "act_wrapper" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "x"), "--action-noise", "-1"]) == 2
     assert "sigma must be >= 0" in capsys.readouterr().err
 

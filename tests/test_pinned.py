@@ -97,7 +97,7 @@ def test_par_stackcube_locator_places_the_cubes_it_sees():
         obs, _ = env.reset(seed=1_000_000 + offset)
         true = np.stack([np.asarray(base.cubeA.pose.p).reshape(-1, 3)[0], np.asarray(base.cubeB.pose.p).reshape(-1, 3)[0]])
         with torch.no_grad():
-            pos, _ = policy.model.locator.locate(torch.from_numpy(obs["rgb"])[None], torch.from_numpy(obs["state"])[None])
+            pos, _ = policy.locator.locate(torch.from_numpy(obs["rgb"])[None], torch.from_numpy(obs["state"])[None])
         errors.append(np.linalg.norm(pos[0].numpy() - true, axis=1) * 100)  # cm, (cube A, cube B)
     env.close()
     errors = np.stack(errors)

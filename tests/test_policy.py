@@ -230,11 +230,11 @@ def test_builtin_par_stackcube_acts_from_pixels_with_its_locator(monkeypatch):
     from par_agent.hub import PRETRAINED_DIR, builtin_names
 
     assert "par-stackcube" in builtin_names()
-    assert sum(f.stat().st_size for f in (PRETRAINED_DIR / "par-stackcube").iterdir()) <= 25 * 2**20
+    assert sum(f.stat().st_size for f in (PRETRAINED_DIR / "par-stackcube").rglob("*") if f.is_file()) <= 25 * 2**20
     p = PARPolicy.from_pretrained("par-stackcube")
     assert p.task == "StackCube-v1" and p.cfg.action_dim == 4
     assert p.env_kwargs["obs_mode"] == "rgb" and p.env_kwargs["control_mode"] == "pd_ee_delta_pos"
-    assert p.cfg.locator and p.cfg.state_dim > state_dim("StackCube-v1") == p.cfg.input_state_dim
+    assert p.locator is not None and p.cfg.state_dim > state_dim("StackCube-v1") == p.input_state_dim
     env = make_env(p.task, **p.env_kwargs)
     obs, _ = env.reset(seed=1_000_000)
     assert obs["state"].shape == (state_dim("StackCube-v1"),)

@@ -11,7 +11,8 @@ Workers are processes; worker ``w`` of ``W`` tries seeds ``base + w, base + w + 
 streams), writes finished chunks of at most ``--chunk-size`` demos into ``chunks/``, and the run ends
 by merging them (ManiSkill's ``merge_trajectories``) into the single file above. A second run with the
 same ``--out`` continues from the highest recorded seed and adds demos up to ``--num-demos``.
-``--action-noise`` perturbs the planner while it acts (:mod:`par_agent.data.noise`).
+``collect(..., act_wrapper=...)`` wraps the env the planner acts in, outside the recorder (what the
+wrapper makes of the planner's actions is what gets recorded); ``experiments/noisy_demos.py`` uses it.
 """
 from __future__ import annotations
 
@@ -27,12 +28,11 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from par_agent.data.convert import CONTROL_MODES, convert_control_mode
-from par_agent.data.noise import JointNoise
 
 CONTROL_MODE = "pd_joint_pos"
 OBS_MODE = "rgb"
@@ -89,7 +89,7 @@ def _recorded_seeds(h5_paths) -> list[int]:
 
 def check_same_settings(h5_paths, sensor_configs: dict, source_desc: str) -> None:
     """Refuse to top up a folder whose demos were recorded with other camera settings (their
-    ``env_kwargs.sensor_configs``) or other planner noise (their ``source_desc``): one folder, one setting."""
+    ``env_kwargs.sensor_configs``) or another act wrapper (their ``source_desc``): one folder, one setting."""
     from mani_skill.utils.io_utils import load_json
 
     for p in h5_paths:
@@ -100,7 +100,7 @@ def check_same_settings(h5_paths, sensor_configs: dict, source_desc: str) -> Non
         recorded = {"sensor_configs": meta.get("env_info", {}).get("env_kwargs", {}).get("sensor_configs"),
                     "source_desc": meta.get("source_desc")}
         wanted = {"sensor_configs": (sensor_configs, "--camera-size / --camera-fov / --cameras"),
-                  "source_desc": (source_desc, "--action-noise")}
+                  "source_desc": (source_desc, "collect's act_wrapper")}
         for name, (value, flags) in wanted.items():
             if recorded[name] is not None and recorded[name] != value:
                 raise ValueError(f"{j} was recorded with {name}={recorded[name]!r}, this run asks for {value!r} "
@@ -112,13 +112,13 @@ def plan_succeeded(result) -> bool:
     return result != -1 and bool(np.asarray(result[-1]["success"]).reshape(-1)[0])
 
 
-def _source_desc(noise: JointNoise) -> str:
+def _source_desc(note: str) -> str:
     desc = "ManiSkill motion planning solution, collected with par-collect"
-    return desc if noise.sigma == 0 else f"{desc}; {noise.describe()}"
+    return f"{desc}; {note}" if note else desc
 
 
 def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_size, cameras, max_episode_steps,
-            chunk_dir, events, camera_fov=None, noise: JointNoise = JointNoise()):
+            chunk_dir, events, camera_fov=None, act_wrapper=None, source_note: str = ""):
     """Collect ``quota`` successful demos; report each attempt on ``events`` as ("ok"|"fail", seed)."""
     try:
         if num_workers > 1:
@@ -132,7 +132,6 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
         from mani_skill.utils.wrappers.record import RecordEpisode
 
         from envs import capture_only, gym_make, keep_renderer_warm, sensor_configs
-        from par_agent.data.noise import JointTargetNoise
 
         solve = motion_planners()[task]
         parent = mp.parent_process()  # None when run in the calling process (one worker)
@@ -151,11 +150,11 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
                 capture_only(env, cameras)
             recorder = RecordEpisode(
                 env, output_dir=str(chunk_dir), trajectory_name=name + ".partial", save_video=False,
-                source_type="motionplanning", source_desc=_source_desc(noise),
+                source_type="motionplanning", source_desc=_source_desc(source_note),
                 record_reward=False, save_on_reset=False,
             )
-            # outside the recorder: the executed (noisy) targets are recorded, so replays reproduce the episode
-            env = JointTargetNoise(recorder, noise) if noise.sigma > 0 else recorder
+            # outside the recorder: the actions the wrapper passes on are recorded, so replays reproduce the episode
+            env = act_wrapper(recorder) if act_wrapper is not None else recorder
             got = 0
             while got < n_chunk:
                 if parent is not None and not parent.is_alive():
@@ -190,7 +189,7 @@ def _worker(task, worker_id, num_workers, base_seed, quota, chunk_size, camera_s
 def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int = 1,
             chunk_size: int = 50, max_episode_steps: Optional[int] = None, seed: int = 0,
             progress: bool = True, cameras: Optional[Sequence[str]] = ("base_camera",),
-            camera_fov: Optional[float] = None, noise: JointNoise = JointNoise()) -> Path:
+            camera_fov: Optional[float] = None, act_wrapper: Optional[Callable] = None, source_note: str = "") -> Path:
     """Collect until ``out`` holds ``num_demos`` successful demos of ``task``; returns the ``.h5`` path.
 
     Args:
@@ -208,8 +207,11 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
             slower (2 workers) and its file 6 times larger on a CPU renderer (docs/DATA.md).
         camera_fov: field of view (radians) of the recorded cameras; ``None`` keeps the task's (pi/2).
             A folder holds one camera set-up: topping it up with another fov is refused.
-        noise: joint-target noise injected while the planner acts (:mod:`par_agent.data.noise`; default
-            none). The noisy targets are what is recorded; a folder holds one noise setting.
+        act_wrapper: a picklable ``env -> env`` the planner acts through, wrapped around the recorder, so
+            what it passes on is what is recorded (default none; ``experiments/noisy_demos.py`` adds noise
+            to the planner's joint targets).
+        source_note: what ``act_wrapper`` does, appended to the recorded ``source_desc``; a folder holds
+            one note (a top-up with another is refused).
     """
     from mani_skill.trajectory.merge_trajectory import merge_trajectories
     from tqdm import tqdm
@@ -238,7 +240,7 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
         from envs import sensor_configs
 
         check_same_settings(existing, sensor_configs(camera_size, camera_fov, cameras or ("base_camera",)),
-                             _source_desc(noise))
+                             _source_desc(source_note))
         seeds = _recorded_seeds(existing)
         have = len(seeds)
         todo = num_demos - have
@@ -252,7 +254,8 @@ def collect(task: str, num_demos: int, out, camera_size: int = 128, workers: int
             events = ctx.Queue()
             common = dict(task=task, num_workers=workers, base_seed=base, chunk_size=chunk_size,
                           camera_size=camera_size, cameras=cameras, max_episode_steps=max_episode_steps,
-                          chunk_dir=chunk_dir, camera_fov=camera_fov, noise=noise)
+                          chunk_dir=chunk_dir, camera_fov=camera_fov, act_wrapper=act_wrapper,
+                          source_note=source_note)
             procs = []
             if workers == 1:
                 procs = None
@@ -344,13 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="control mode of the demos to train on: the planners act in pd_joint_pos; another mode "
                    "(pd_ee_delta_pos is ManiSkill's choice for imitation learning) is converted afterwards with "
                    "ManiSkill's replay tool into trajectory.rgb.MODE.h5 beside the source")
-    p.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
-                   help="perturb the planner while it demonstrates (DART-style data off its narrow paths): a "
-                   "slowly varying offset of SIGMA radians (stationary std per arm joint) on its joint targets "
-                   "while the arm moves; the executed targets are recorded. 0.02 keeps about 3 of 4 StackCube "
-                   "plans successful (docs/DATA.md). Default 0: none")
-    p.add_argument("--action-noise-rho", type=float, default=0.8, metavar="RHO",
-                   help="step-to-step correlation of that offset, in [0, 1) (default 0.8)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--chunk-size", type=int, default=50, help="demos per intermediate chunk file")
     p.add_argument("--max-episode-steps", type=int, default=None, help="recorded episode limit (default per task)")
@@ -369,9 +365,10 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through collect()'s finally, which stops the workers
 
 
-def main(argv=None) -> int:
+def main(argv=None, act_wrapper: Optional[Callable] = None, source_note: str = "") -> int:
+    """``par-collect``'s command line; ``act_wrapper`` and ``source_note``: see :func:`collect`."""
     try:
-        return _main(argv)
+        return _main(argv, act_wrapper, source_note)
     except (RuntimeError, ValueError) as err:
         if "par-collect worker failed" in str(err):  # a worker's traceback is the useful part
             raise
@@ -379,7 +376,7 @@ def main(argv=None) -> int:
         return 2
 
 
-def _main(argv=None) -> int:
+def _main(argv=None, act_wrapper=None, source_note: str = "") -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM (kill, timeout, a batch scheduler) stops the workers too; restored on return
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
@@ -388,7 +385,7 @@ def _main(argv=None) -> int:
         path = collect(args.task, args.num_demos, args.out, camera_size=args.camera_size, workers=args.workers,
                        chunk_size=args.chunk_size, max_episode_steps=args.max_episode_steps, seed=args.seed,
                        progress=not args.no_progress, cameras=None if args.cameras == ["all"] else args.cameras,
-                       camera_fov=args.camera_fov, noise=JointNoise(args.action_noise, args.action_noise_rho))
+                       camera_fov=args.camera_fov, act_wrapper=act_wrapper, source_note=source_note)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

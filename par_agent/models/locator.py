@@ -8,6 +8,8 @@ reads, besides the arm, each object's pose and the vectors between objects and t
 estimates each object's position and yaw from the frame (and the arm's state) and
 :meth:`ObjectLocator.complete_state` rebuilds every privileged field from those estimates by
 ManiSkill's field names, so that the policy acts from the frame and the plain state only.
+It is the policy's state estimator: ``PARPolicy.locator`` runs it before the model, and a policy's
+checkpoint keeps it in its own folder, ``locator/``, beside the model's files.
 
 The network keeps where things are: convolutions over the frame with two coordinate channels,
 then a spatial soft-argmax per keypoint map (the expected image position of each map's softmax),
@@ -18,6 +20,7 @@ the rotation about z in [-45°, 45°] (``yaw_symmetry``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,7 +36,8 @@ class LocatorConfig:
         objects: ManiSkill's names of the objects it locates (``cubeA``, ``cubeB``).
         plain_fields: the env's state layout, ``(name, size)`` in order (``obs_mode="rgb"``), with
             ``agent/qpos`` and ``agent/qvel`` first; its input.
-        full_fields: the policy's state layout (``obs_mode="rgb+state_dict"``); what
+        privileged_fields: the privileged state layout the policy's model reads (``obs_mode="rgb+state_dict"``,
+            the plain fields and the task's object fields); what
             :meth:`ObjectLocator.complete_state` returns.
         image_size: frame side it reads (one camera's square).
         camera: which camera of a side-by-side frame it reads (0: the leftmost).
@@ -44,7 +48,7 @@ class LocatorConfig:
 
     objects: tuple = ()
     plain_fields: Fields = ()
-    full_fields: Fields = ()
+    privileged_fields: Fields = ()
     image_size: int = 64
     camera: int = 0
     width: int = 32
@@ -54,16 +58,16 @@ class LocatorConfig:
     def __post_init__(self) -> None:
         self.objects = tuple(str(o) for o in self.objects)
         self.plain_fields = tuple((str(n), int(s)) for n, s in self.plain_fields)
-        self.full_fields = tuple((str(n), int(s)) for n, s in self.full_fields)
+        self.privileged_fields = tuple((str(n), int(s)) for n, s in self.privileged_fields)
         if not self.objects:
             raise ValueError("LocatorConfig.objects is empty: name the objects to locate, e.g. ('cubeA', 'cubeB')")
         plain = dict(self.plain_fields)
-        if "extra/tcp_pose" not in plain and any(n.startswith("extra/tcp_to_") for n, _ in self.full_fields):
+        if "extra/tcp_pose" not in plain and any(n.startswith("extra/tcp_to_") for n, _ in self.privileged_fields):
             raise ValueError("the plain state has no extra/tcp_pose, so tcp_to_* fields cannot be rebuilt")
-        for name, size in self.full_fields:  # every field must be either plain or rebuilt
+        for name, size in self.privileged_fields:  # every field must be either plain or rebuilt
             if name in plain:
                 if plain[name] != size:
-                    raise ValueError(f"{name} has size {plain[name]} in the plain state but {size} in the full one")
+                    raise ValueError(f"{name} has size {plain[name]} in the plain state but {size} in the privileged one")
             elif field_rule(name, self.objects, plain) is None:
                 raise ValueError(f"the locator cannot rebuild {name}: it is not in the plain state and names no "
                                  f"located object among {list(self.objects)}")
@@ -73,13 +77,13 @@ class LocatorConfig:
         return sum(s for _, s in self.plain_fields)
 
     @property
-    def full_dim(self) -> int:
-        return sum(s for _, s in self.full_fields)
+    def privileged_dim(self) -> int:
+        return sum(s for _, s in self.privileged_fields)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["plain_fields"] = [list(f) for f in self.plain_fields]
-        d["full_fields"] = [list(f) for f in self.full_fields]
+        d["privileged_fields"] = [list(f) for f in self.privileged_fields]
         d["objects"] = list(self.objects)
         return d
 
@@ -135,7 +139,7 @@ class ObjectLocator(nn.Module):
 
     ``forward`` returns the normalised prediction (B, n_objects, 5): position (3, standardised with
     the training statistics) and (cos kθ, sin kθ); :meth:`locate` returns raw positions (B, n, 3) in
-    metres and yaw (B, n) in radians; :meth:`complete_state` the full state (B, Df)."""
+    metres and yaw (B, n) in radians; :meth:`complete_state` the privileged state (B, Df)."""
 
     def __init__(self, cfg: LocatorConfig) -> None:
         super().__init__()
@@ -194,8 +198,27 @@ class ObjectLocator(nn.Module):
         yaw = torch.atan2(out[..., 4], out[..., 3]) / self.cfg.yaw_symmetry
         return pos, yaw
 
+    def save_pretrained(self, folder) -> Path:
+        """Write ``config.json`` (the :class:`LocatorConfig`) + ``model.safetensors`` into ``folder``, atomically."""
+        from par_agent.hub import save_module
+
+        return save_module(self, self.cfg.to_dict(), folder)
+
+    @classmethod
+    def from_pretrained(cls, folder) -> "ObjectLocator":
+        """The locator :meth:`save_pretrained` wrote into ``folder``, in eval mode; errors name the bad file."""
+        from par_agent.hub import CheckpointError, load_state, read_module
+
+        config, state, _ = read_module(folder)
+        try:
+            net = locator_from_dict(config)
+        except ValueError as e:
+            raise CheckpointError(f"{folder}: {e}") from e
+        load_state(net, state, folder)
+        return net.eval()
+
     def complete_state(self, frames: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """frames (B, H, W, 3) uint8, plain state (B, Dp) -> the full state (B, Df) the policy reads."""
+        """frames (B, H, W, 3) uint8, plain state (B, Dp) -> the privileged state (B, Df) the model reads."""
         if state.shape[-1] != self.cfg.plain_dim:
             raise ValueError(f"the locator expects the plain state of {self.cfg.plain_dim} numbers, got {state.shape[-1]}")
         pos, yaw = self.locate(frames, state)
@@ -203,7 +226,7 @@ class ObjectLocator(nn.Module):
 
 
 def assemble_state(cfg: LocatorConfig, plain: torch.Tensor, positions: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
-    """The full state (B, Df) from the plain state (B, Dp), object positions (B, n, 3) and yaw (B, n)."""
+    """The privileged state (B, Df) from the plain state (B, Dp), object positions (B, n, 3) and yaw (B, n)."""
     fields, start = {}, 0
     for name, size in cfg.plain_fields:
         fields[name] = plain[:, start:start + size]
@@ -219,7 +242,7 @@ def assemble_state(cfg: LocatorConfig, plain: torch.Tensor, positions: torch.Ten
     quat = torch.stack([torch.cos(half), zeros, zeros, torch.sin(half)], dim=-1)  # (B, n, 4), w x y z
     parts = []
     plain_names = dict(cfg.plain_fields)
-    for name, size in cfg.full_fields:
+    for name, size in cfg.privileged_fields:
         if name in plain_names:
             parts.append(fields[name])
             continue
@@ -233,7 +256,42 @@ def assemble_state(cfg: LocatorConfig, plain: torch.Tensor, positions: torch.Ten
 
 
 def locator_from_dict(d: dict) -> ObjectLocator:
-    return ObjectLocator(LocatorConfig(**d))
+    """An untrained locator of the config :meth:`LocatorConfig.to_dict` wrote (par-agent 0.1 named
+    ``privileged_fields`` ``full_fields``); names a bad field."""
+    if "full_fields" in d and "privileged_fields" not in d:
+        d = {("privileged_fields" if k == "full_fields" else k): v for k, v in d.items()}
+    try:
+        return ObjectLocator(LocatorConfig(**d))
+    except TypeError as e:  # an unknown or missing field
+        raise ValueError(f"bad locator config: {e}") from e
 
 
-__all__ = ["LocatorConfig", "ObjectLocator", "assemble_state", "yaw_of", "locator_from_dict"]
+def save_locator(locator: ObjectLocator, folder) -> Path:
+    """Write the locator a policy owns into its checkpoint ``folder``, as ``folder/locator/``."""
+    from par_agent.hub import LOCATOR_DIR
+
+    return locator.save_pretrained(Path(folder) / LOCATOR_DIR)
+
+
+def load_locator(folder) -> ObjectLocator | None:
+    """The object locator of a policy's checkpoint ``folder`` (``locator/``, or inside the model's own
+    files as par-agent 0.1 wrote it), in eval mode; None when it has none."""
+    from par_agent.hub import LOCATOR_DIR, CheckpointError, load_state, read_module, split_legacy_locator
+
+    folder = Path(folder)
+    if (folder / LOCATOR_DIR).is_dir():
+        return ObjectLocator.from_pretrained(folder / LOCATOR_DIR)
+    config, state, _ = read_module(folder)
+    _, _, config, state = split_legacy_locator(config, state)
+    if config is None:
+        return None
+    try:
+        net = locator_from_dict(config)
+    except ValueError as e:
+        raise CheckpointError(f"{folder}: {e}") from e
+    load_state(net, state, folder)
+    return net.eval()
+
+
+__all__ = ["LocatorConfig", "ObjectLocator", "assemble_state", "yaw_of", "locator_from_dict", "save_locator",
+           "load_locator"]

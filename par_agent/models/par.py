@@ -32,7 +32,6 @@ from torch import nn
 from par_agent.config import RUNTIME_FIELDS, PARConfig
 from par_agent.models.heads import ActionHead, Diffusion, FrameHead, camera_rows, frame_positions, repeat_cond
 from par_agent.models.context import ContextLayout, Contexts
-from par_agent.models.locator import ObjectLocator, locator_from_dict
 from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
 from par_agent.models.normalizer import Normalizer
 from par_agent.models.transformer import Backbone, CacheView
@@ -76,7 +75,6 @@ class PhysicalAutoregressiveModel(nn.Module):
                                     cfg.head_num_heads, cfg.num_cameras)
         self.action_head = ActionHead(cfg.action_dim, K, D, cfg.action_head_width, cfg.action_head_depth, cfg.head_num_heads)
         self.diffusion = self._make_diffusion(cfg)
-        self.locator = locator_from_dict(cfg.locator) if cfg.locator else None
 
     @staticmethod
     def _make_diffusion(cfg: PARConfig) -> Diffusion:
@@ -117,22 +115,6 @@ class PhysicalAutoregressiveModel(nn.Module):
         for head in (self.frame_head, self.action_head):
             head.forward = torch.compile(head.forward, mode=mode, dynamic=False)
         return self
-
-    def attach_locator(self, locator: ObjectLocator) -> "PhysicalAutoregressiveModel":
-        """Give the model an object locator (``par-locate``): from then on it is given frames and the plain
-        state, and :meth:`complete_state` rebuilds the privileged fields it was fine-tuned with. Its
-        recorded env then uses ``obs_mode="rgb"``."""
-        if locator.cfg.full_dim != self.cfg.state_dim:
-            raise ValueError(f"the locator rebuilds {locator.cfg.full_dim} state numbers; this model reads {self.cfg.state_dim}")
-        env_kwargs = {**self.cfg.env_kwargs, "obs_mode": "rgb"}
-        self.cfg = self.cfg.replace(locator=locator.cfg.to_dict(), env_kwargs=env_kwargs)
-        self.locator = locator.to(self.device).eval()
-        return self
-
-    def complete_state(self, frames: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """The state the backbone reads: ``state`` itself, or with a locator, (B, Dp) plain state and
-        (B, H, W, 3) uint8 frames -> (B, state_dim) with the located objects' fields rebuilt."""
-        return state if self.locator is None else self.locator.complete_state(frames, state)
 
     # ------------------------------------------------------------------ embeddings
     def embed_frames(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The training package behind ``par-train``, one job per module:
+"""The training package behind ``par-train`` and ``par-locate``, one job per module:
 
     args.py         TrainArgs (each flag's default and help, once) and the command line built from it
     distributed.py  the process group (torchrun / accelerate): set-up, mean over ranks, teardown
@@ -8,6 +8,7 @@
     checkpoints.py  atomic, resumable checkpoints, random states, the EMA (diffusers' EMAModel)
     validation.py   held-out scores and videos
     loop.py         train(): the stage from set-up to the final EMA model
+    locator.py      fit_locator(): par-locate's object locator on the same optimiser, batches and checkpoints
 """
 from par_agent.training.args import PREVIOUS, STAGES, TrainArgs, parse_args, parse_overrides
 from par_agent.training.loop import train

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from par_agent.atomic import atomic_folder, replace_text
-from par_agent.models import PhysicalAutoregressiveModel
 
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -70,14 +69,15 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     return p if (p / "trainer.pt").is_file() else None
 
 
-def save_training_checkpoint(stage_dir: Path, step: int, model: PhysicalAutoregressiveModel, opt, sched, ema,
-                             keep: int = 2) -> Path:
+def save_training_checkpoint(stage_dir: Path, step: int, model: nn.Module, opt, sched, ema,
+                             keep: int = 2, extra: dict | None = None) -> Path:
     """Atomic: everything goes to ``ckpt-<step>.tmp``, which is renamed, then ``latest`` is replaced;
-    all but the newest ``keep`` checkpoints are removed. Returns the checkpoint folder."""
+    all but the newest ``keep`` checkpoints are removed. ``model`` is anything with ``save_pretrained``
+    (a PAR model, an object locator); ``extra`` goes into ``trainer.pt`` as well. Returns the folder."""
     name = f"ckpt-{step:08d}"
     with atomic_folder(stage_dir / name) as tmp:
         model.save_pretrained(tmp)
-        torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        torch.save({**(extra or {}), "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "ema": ema.state_dict(), "rng": rng_state()}, tmp / "trainer.pt")
     replace_text(stage_dir / "latest", name + "\n")
     old = sorted(p for p in stage_dir.glob("ckpt-*") if p.is_dir() and not p.name.endswith(".tmp"))
