@@ -9,12 +9,15 @@
 # finished stage's final/ folder is kept). The result lands in $OUT/<name>/final; compare it with the
 # shipped one by `par-eval --policy $OUT/<name>/final --seeds 2000000-2000099 ...` on seeds neither was
 # chosen on. Floating-point results depend on the thread count (THREADS, default 2) and the CPU.
-# Console scripts come from the venv: `source .venv/bin/activate` first (make setup creates it).
+# Runs the modules behind par-train / par-locate / par-eval with $PY (default: python; `source
+# .venv/bin/activate` first, make setup creates it), so it also runs from a git worktree.
 set -euo pipefail
 NAME=${1:?usage: bash examples/rebuild_checkpoint.sh par-pickcube|par-stackcube}
 OUT=${OUT:-runs/rebuild}
 THREADS=${THREADS:-2}
 PRECISION=${PRECISION:-auto}
+PY=${PY:-python}
+TRAIN="$PY -m par_agent.train"
 FT="--steps 4500 --batch-size 16 --lr 6e-4 --warmup 100 --ema 0.999 --ckpt-every 250 --val-every 750 --threads $THREADS --precision $PRECISION"
 done_stage() { [ -f "$1/final/model.safetensors" ]; }
 need() { [ -f "$1/meta.json" ] || { echo "rebuild_checkpoint: $1 is missing (data/README.md says how it was collected)" >&2; exit 2; }; }
@@ -24,21 +27,21 @@ case "$NAME" in
     D=data/pickcube-ee-fov08; R=$OUT/par-pickcube
     need "$D"
     # the video model: tokenizer and frames-only pretraining on the same demos' frames
-    done_stage "$R/tokenizer" || par-train tokenizer --data "$D" --out "$R" --preset cpu64 --steps 1000 --batch-size 4 \
+    done_stage "$R/tokenizer" || $TRAIN tokenizer --data "$D" --out "$R" --preset cpu64 --steps 1000 --batch-size 4 \
       --lr 2e-3 --fg-weight 20 --ckpt-every 200 --val-every 500 --threads "$THREADS" --precision "$PRECISION" \
       --set vae_stride=4 'vae_channels=[16,32,64]' patch_size=4
-    done_stage "$R/pretrain-video" || par-train pretrain-video --data "$D" --out "$R" --steps 800 --batch-size 16 \
+    done_stage "$R/pretrain-video" || $TRAIN pretrain-video --data "$D" --out "$R" --steps 800 --batch-size 16 \
       --ckpt-every 200 --val-every 400 --threads "$THREADS" --precision "$PRECISION"
-    done_stage "$R/finetune" || par-train finetune --data "$D" --out "$R" --init "$R/pretrain-video/final" $FT
+    done_stage "$R/finetune" || $TRAIN finetune --data "$D" --out "$R" --init "$R/pretrain-video/final" $FT
     FINAL=$R/finetune/final ;;
   par-stackcube)
     D=data/stackcube-ee-fov08-priv; R=$OUT/par-stackcube
     need "$D"
-    done_stage "$R/finetune" || par-train finetune --data "$D" --out "$R" --init par-pickcube $FT
+    done_stage "$R/finetune" || $TRAIN finetune --data "$D" --out "$R" --init par-pickcube $FT
     # par-locate reads a ManiSkill .h5 (it relays the demos' env states): the compact folder, back as one
     H=$R/demos/trajectory.rgb.pd_ee_delta_pos.h5
-    [ -f "$H" ] || python -c "from par_agent.data import import_compact; import_compact('$D', '$H')"
-    done_stage "$R/located" || par-locate --policy "$R/finetune/final" --data "$H" --out "$R/located" \
+    [ -f "$H" ] || $PY -c "from par_agent.data import import_compact; import_compact('$D', '$H')"
+    done_stage "$R/located" || $PY -m par_agent.locate --policy "$R/finetune/final" --data "$H" --out "$R/located" \
       --objects cubeA cubeB --layouts 20000 --steps 4200 --workers 2 --threads "$THREADS"
     FINAL=$R/located/final ;;
   par-pushcube)
@@ -51,5 +54,5 @@ case "$NAME" in
 esac
 echo "rebuilt $NAME: $FINAL"
 if [ "${EVAL:-0}" = 1 ]; then
-  par-eval --policy "$FINAL" --episodes 100 --num-envs 2 --threads "$THREADS" --out "$OUT/$NAME.eval.json"
+  $PY -m par_agent.evaluate --policy "$FINAL" --episodes 100 --num-envs 2 --threads "$THREADS" --out "$OUT/$NAME.eval.json"
 fi

@@ -7,16 +7,38 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.baselines.diffusion_policy import hold_still, main
+from experiments.baselines.diffusion_policy import main
+from experiments.baselines.dp_data import DPWindows
 from experiments.baselines.dp_policy import DPPolicy
 
 
-def test_hold_still_pads_delta_actions_with_a_still_arm():
-    a = torch.tensor([[[0.1, 0.2, 0.3, 1.0], [0.4, 0.5, 0.6, -1.0], [0.7, 0.8, 0.9, 1.0]]])
-    mask = torch.tensor([[True, True, False]])
-    out = hold_still(a, mask)
-    assert torch.equal(out[0, :2], a[0, :2])
-    assert torch.equal(out[0, 2], torch.tensor([0.0, 0.0, 0.0, -1.0]))  # still arm, the last real gripper
+class _Episodes:
+    """Two episodes of 3 and 5 steps in PhysicalStepDataset's episode() form (chunk_size 1)."""
+
+    chunk_size, num_episodes = 1, 2
+
+    def episode(self, e):
+        L = (3, 5)[e]
+        frames = np.full((L + 1, 2, 2, 3), 0, np.uint8) + np.arange(L + 1, dtype=np.uint8)[:, None, None, None] + 10 * e
+        acts = np.stack([np.arange(L) + 100 * e, np.arange(L) + 0.5, np.where(np.arange(L) % 2, 1.0, -1.0)], 1)
+        return {"frames": frames, "state": frames[:, 0, 0, :2].astype(np.float32),
+                "actions": acts.astype(np.float32), "action_valid": np.ones(L, bool)}
+
+
+def test_dp_windows_pad_the_episode_start_and_hold_still_after_the_end():
+    """ManiSkill's windows: starts -1..L-3 (obs_horizon 2), the first observation and action repeated
+    before the episode, a still arm and the last gripper command after it (delta control)."""
+    w = DPWindows(_Episodes(), obs_horizon=2, pred_horizon=4, delta_actions=True)
+    assert w.windows.tolist() == [[0, -1], [0, 0], [1, -1], [1, 0], [1, 1], [1, 2]]
+    frames, state, actions = w.batch([0, 5])
+    assert frames.shape == (2, 2, 2, 2, 3) and state.shape == (2, 2, 2) and actions.shape == (2, 4, 3)
+    assert frames[0, :, 0, 0, 0].tolist() == [0, 0]  # (o0, o0): the start the policy meets
+    assert actions[0, :, 0].tolist() == [0, 0, 1, 2] and actions[0, :, 2].tolist() == [-1, -1, 1, -1]
+    assert frames[1, :, 0, 0, 0].tolist() == [12, 13]
+    # episode 1 from step 2: actions 2, 3, 4, then the arm holds still with the last gripper command
+    assert actions[1, :, 0].tolist() == [102, 103, 104, 0] and actions[1, :, 2].tolist() == [-1, 1, -1, -1]
+    held = DPWindows(_Episodes(), obs_horizon=2, pred_horizon=4, delta_actions=False).batch([5])[2]
+    assert held[0, 3].tolist() == held[0, 2].tolist()  # absolute control: the last action repeated
 
 
 @pytest.mark.maniskill
@@ -28,6 +50,12 @@ def test_train_save_load_and_evaluate(pickcube_ee_demo, tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
     assert main(args[:-3] + ["--steps", "5", "--no-progress"]) == 0  # resumes from OUT/latest
     assert json.loads((out / "summary.json").read_text())["steps"] == 5
+    # a budget of minutes: a step is measured first and the schedule ends with the steps that fit
+    timed = ["train", "--data", str(pickcube_ee_demo), "--out", str(tmp_path / "timed"), "--minutes", "0.05",
+             "--warmup", "1", "--batch-size", "4", "--unet-dims", "16", "32", "--threads", "1", "--no-progress"]
+    assert main(timed) == 0
+    summary = json.loads((tmp_path / "timed" / "summary.json").read_text())
+    assert summary["steps"] == summary["planned_steps"] >= 1 and summary["final_lr"] < 1e-6
     policy = DPPolicy.from_pretrained(out / "final")
     assert policy.env_kwargs["control_mode"] == "pd_ee_delta_pos" and policy.env_kwargs["camera_size"] == 32
     assert policy.task == "PickCube-v1"

@@ -3,12 +3,15 @@
     python -m experiments.baselines.diffusion_policy train --data DEMOS.h5 --out runs/dp --minutes 35
     python -m experiments.baselines.diffusion_policy eval --policy runs/dp/final --episodes 50 --out results/dp.json
 
-``train`` reads the demos with :class:`par_agent.data.PhysicalStepDataset` (one control step per
-physical step, so a window holds consecutive frames and actions), records the demos' env
-(``make_env`` keyword arguments) in the checkpoint, and stops after ``--steps`` or ``--minutes`` of
-wall-clock time, whichever comes first: the CPU budget is what the PAR comparison fixes. It
-checkpoints atomically every ``--ckpt-minutes`` and resumes from ``OUT/latest`` when run again with
-the same ``--out``. ``eval`` runs ``par_agent.evaluate.evaluate`` (the loop behind ``par-eval``) on
+``train`` reads the demos with :class:`par_agent.data.PhysicalStepDataset` and cuts ManiSkill's
+windows from them (:mod:`experiments.baselines.dp_data`: episode starts padded, as the policy meets
+them), records the demos' env (``make_env`` keyword arguments) in the checkpoint, and trains for
+``--steps``, or for as many steps as fit ``--minutes`` of optimisation time: it measures a step
+first and sizes the cosine schedule to that count, so the learning rate anneals within the budget.
+Gathering batches is timed apart (``summary.json``: ``load_minutes``). The budget rule for the
+comparison with PAR (docs/RESULTS.md): the same total minutes, PAR's tokenizer and video
+pretraining included. It checkpoints atomically every ``--ckpt-minutes`` and resumes from
+``OUT/latest`` (with the schedule it planned) when run again with the same ``--out``. ``eval`` runs ``par_agent.evaluate.evaluate`` (the loop behind ``par-eval``) on
 the default seeds, so the two policies meet the same episodes.
 """
 from __future__ import annotations
@@ -16,50 +19,48 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from experiments.baselines.dp_data import DPWindows
 from experiments.baselines.dp_model import DiffusionPolicyNet, DPConfig
 from experiments.baselines.dp_policy import DPPolicy, make_scheduler, save_policy
 from par_agent.atomic import atomic_folder
 
 
-def hold_still(actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Replace padded actions (mask False) of delta control by "stay": zero arm, the last real gripper.
-    actions (B, Tp, Da), mask (B, Tp) -> (B, Tp, Da)."""
-    out = actions.clone()
-    last = (mask.long().cumsum(1) - 1).clamp_min(0)  # index of the latest real action at each position
-    gripper = actions[..., -1].gather(1, last)
-    out[..., :-1] = torch.where(mask[..., None], actions[..., :-1], torch.zeros_like(actions[..., :-1]))
-    out[..., -1] = torch.where(mask, actions[..., -1], gripper)
-    return out
-
-
-def batch_to_inputs(batch: dict, cfg: DPConfig) -> tuple[torch.Tensor, ...]:
-    """A PhysicalStepDataset batch (chunk_size 1, history pred_horizon + 1) -> frames (B, To, H, W, 3),
-    states (B, To, Ds), actions (B, Tp, Da)."""
-    To = cfg.obs_horizon
-    actions = batch["actions"][:, :, 0]
-    if cfg.delta_actions:
-        actions = hold_still(actions, batch["action_mask"][:, :, 0])
-    return batch["frames"][:, :To], batch["state"][:, :To], actions
-
-
-def _save_trainer(out: Path, step: int, net, ema, opt, sched, elapsed: float) -> None:
+def _save_trainer(out: Path, step: int, planned: int, net, ema, opt, sched, elapsed: float, load_s: float) -> None:
     with atomic_folder(out / "latest") as tmp:
-        torch.save({"step": step, "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "elapsed_s": elapsed, "rng": torch.get_rng_state()},
-                   tmp / "trainer.pt")
+        torch.save({"step": step, "planned_steps": planned, "net": net.state_dict(), "ema": ema.state_dict(),
+                    "opt": opt.state_dict(), "sched": sched.state_dict(), "elapsed_s": elapsed, "load_s": load_s,
+                    "rng": torch.get_rng_state()}, tmp / "trainer.pt")
         (tmp / "config.json").write_text(json.dumps(net.cfg.to_dict(), indent=2) + "\n")
 
 
+def measure_step_s(net, windows: DPWindows, scheduler, batch_size: int, steps: int, g: torch.Generator) -> float:
+    """Seconds of one training step's forward and backward (no update), the median of ``steps``
+    after one warm-up: what sizes the schedule to a budget of minutes."""
+    times = []
+    for _ in range(steps + 1):
+        frames, states, actions = windows.batch(torch.randint(0, len(windows), (batch_size,), generator=g).numpy())
+        t = time.perf_counter()
+        net.loss(frames, states, actions, scheduler, generator=g).backward()
+        times.append(time.perf_counter() - t)
+    net.zero_grad(set_to_none=True)
+    return float(np.median(times[1:]))
+
+
 def train(a: argparse.Namespace) -> Path:
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    """Train to ``--steps``, or to the steps that fit ``--minutes`` of optimisation time (measured
+    first, so that the cosine schedule ends with the run); gathering batches is timed apart and not
+    counted in the budget."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     from par_agent.data import PhysicalStepDataset
     from par_agent.data.sources import env_info, make_env_kwargs
@@ -68,7 +69,7 @@ def train(a: argparse.Namespace) -> Path:
     torch.manual_seed(a.seed)
     out = Path(a.out)
     cfg = DPConfig(num_inference_steps=a.inference_steps, unet_dims=list(a.unet_dims))
-    ds = PhysicalStepDataset(a.data, history=cfg.pred_horizon + 1, chunk_size=1, split="all")
+    ds = PhysicalStepDataset(a.data, history=2, chunk_size=1, split="all")
     info = env_info(a.data)
     control = info.get("env_kwargs", {}).get("control_mode", "pd_joint_pos")
     cfg.state_dim, cfg.action_dim = ds.states.shape[1], ds.actions.shape[1]
@@ -76,35 +77,45 @@ def train(a: argparse.Namespace) -> Path:
     cfg.delta_actions = "delta" in control
     cfg.env_kwargs = make_env_kwargs(info) if info else {}
     cfg.task = info.get("env_id", "")
+    windows = DPWindows(ds, cfg.obs_horizon, cfg.pred_horizon, cfg.delta_actions)
     net = DiffusionPolicyNet(cfg)
     net.set_stats(ds.stats)
+    scheduler = make_scheduler(cfg)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(a.ema))
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, betas=(0.95, 0.999), weight_decay=1e-6)
-    sched = get_cosine_schedule_with_warmup(opt, a.warmup, a.steps)
-    step, elapsed = 0, 0.0
-    if (out / "latest" / "trainer.pt").is_file():
-        st = torch.load(out / "latest" / "trainer.pt", weights_only=False)
+    step, elapsed, load_s, planned = 0, 0.0, 0.0, a.steps
+    resume = out / "latest" / "trainer.pt"
+    st = torch.load(resume, weights_only=False) if resume.is_file() else None
+    if st is not None:
         if st["net"]["action_min"].shape != net.action_min.shape:
             raise ValueError(f"{out}/latest was trained on other demos (action size differs); use another --out")
+        step, elapsed, load_s = st["step"], st["elapsed_s"], st.get("load_s", 0.0)
+        # a budget of minutes keeps the schedule it measured; a count of steps is the one asked for now
+        planned = st.get("planned_steps", a.steps) if math.isfinite(a.minutes) else a.steps
+    elif math.isfinite(a.minutes):
+        g0 = torch.Generator().manual_seed(a.seed + 1)
+        per_step = measure_step_s(net, windows, scheduler, a.batch_size, 10, g0) * 1.15  # + the update and EMA
+        planned = max(1, min(a.steps, int(60 * a.minutes / per_step)))
+        print(f"about {per_step:.3f} s a step: {planned} steps fit {a.minutes:g} min", file=sys.stderr)
+    sched = get_cosine_schedule_with_warmup(opt, min(a.warmup, planned // 10 + 1), planned)
+    if st is not None:
         net.load_state_dict(st["net"]), ema.load_state_dict(st["ema"]), opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         torch.set_rng_state(st["rng"])
-        step, elapsed = st["step"], st["elapsed_s"]
-        print(f"resuming from {out}/latest at step {step} ({elapsed / 60:.1f} min done)", file=sys.stderr)
+        print(f"resuming from {out}/latest at step {step} of {planned} ({elapsed / 60:.1f} min done)", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    scheduler = make_scheduler(cfg)
     n_params = sum(p.numel() for p in net.parameters())
-    print(f"Diffusion Policy: {n_params / 1e6:.2f} M parameters, {ds.num_episodes} demos, {len(ds)} windows, "
-          f"{control}; budget {a.steps} steps or {a.minutes} min", file=sys.stderr)
+    print(f"Diffusion Policy: {n_params / 1e6:.2f} M parameters, {ds.num_episodes} demos, {len(windows)} windows, "
+          f"{control}; {planned} steps (budget {a.steps} steps or {a.minutes} min)", file=sys.stderr)
     g = torch.Generator().manual_seed(a.seed + step)
     log = open(out / "metrics.csv", "a")
-    t0, last_ckpt = time.time() - elapsed, time.time()
-    bar = tqdm(total=a.steps, initial=step, desc="dp train", disable=a.no_progress)
+    last_ckpt = time.time()
+    bar = tqdm(total=planned, initial=step, desc="dp train", disable=a.no_progress)
     net.train()
-    while step < a.steps and (time.time() - t0) < 60 * a.minutes:
-        idx = torch.randint(0, len(ds), (a.batch_size,), generator=g).tolist()
-        batch = torch.utils.data.default_collate([ds[i] for i in idx])
-        frames, states, actions = batch_to_inputs(batch, cfg)
+    while step < planned and elapsed < 60 * a.minutes * 1.25:  # the measured plan, with a margin
+        t = time.perf_counter()
+        frames, states, actions = windows.batch(torch.randint(0, len(windows), (a.batch_size,), generator=g).numpy())
+        t1 = time.perf_counter()
         loss = net.loss(frames, states, actions, scheduler, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -112,24 +123,28 @@ def train(a: argparse.Namespace) -> Path:
         opt.step()
         sched.step()
         ema.update_parameters(net)
+        load_s += t1 - t
+        elapsed += time.perf_counter() - t1
         step += 1
         bar.update(1)
         if step % 100 == 0:
-            log.write(f"{step},loss,{loss.item():.6f},{time.time() - t0:.1f}\n")
+            log.write(f"{step},loss,{loss.item():.6f},{elapsed:.1f}\n")
             log.flush()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if time.time() - last_ckpt > 60 * a.ckpt_minutes:
-            _save_trainer(out, step, net, ema, opt, sched, time.time() - t0)
+            _save_trainer(out, step, planned, net, ema, opt, sched, elapsed, load_s)
             last_ckpt = time.time()
     bar.close()
-    _save_trainer(out, step, net, ema, opt, sched, time.time() - t0)
+    _save_trainer(out, step, planned, net, ema, opt, sched, elapsed, load_s)
     final = copy.deepcopy(net)
     final.load_state_dict(ema.module.state_dict())
     path = save_policy(final, out / "final")
-    summary = {"steps": step, "minutes": (time.time() - t0) / 60, "batch_size": a.batch_size, "threads": a.threads,
-               "parameters": n_params, "demos": ds.num_episodes, "data": str(a.data)}
+    summary = {"steps": step, "planned_steps": planned, "minutes": elapsed / 60, "load_minutes": load_s / 60,
+               "final_lr": sched.get_last_lr()[0], "batch_size": a.batch_size, "threads": a.threads,
+               "parameters": n_params, "demos": ds.num_episodes, "windows": len(windows), "data": str(a.data)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {path}: {step} steps in {summary['minutes']:.1f} min", file=sys.stderr)
+    print(f"wrote {path}: {step} steps in {summary['minutes']:.1f} min of optimisation "
+          f"(+{summary['load_minutes']:.1f} min gathering batches)", file=sys.stderr)
     return path
 
 
@@ -159,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=30_000, help="most optimizer steps (the recipe's 30k)")
-    t.add_argument("--minutes", type=float, default=float("inf"), help="wall-clock budget (the CPU budget)")
+    t.add_argument("--minutes", type=float, default=float("inf"),
+                   help="optimisation-time budget: the steps that fit it are measured first and the schedule sized to them")
     t.add_argument("--batch-size", type=int, default=64, help="the recipe's 256 is a GPU batch")
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--warmup", type=int, default=500)

@@ -410,6 +410,22 @@ class PhysicalStepDataset(Dataset):
     def num_episodes(self) -> int:
         return len(self._n_blocks)
 
+    def episode(self, e: int) -> dict[str, np.ndarray]:
+        """Episode ``e``'s arrays as loaded (views): ``frames`` (N+1, H, W, 3) uint8 and ``state``
+        (N+1, Ds) at its block starts, ``actions`` (N*K, Da) and ``action_valid`` (N*K,) bool (False
+        where the last block was padded). With ``chunk_size=1`` that is every step's frame and action."""
+        if not 0 <= e < self.num_episodes:
+            raise IndexError(f"episode {e} of {self.num_episodes}")
+        N, K = self._n_blocks[e], self.chunk_size
+        f0, a0 = int(self._frame_off[e]), int(self._act_off[e])
+        out = {"frames": self.frames[f0:f0 + N + 1]}
+        if self.has_state:
+            out["state"] = self.states[f0:f0 + N + 1]
+        if self.has_actions:
+            out["actions"] = self.actions[a0:a0 + N * K]
+            out["action_valid"] = self.action_valid[a0:a0 + N * K]
+        return out
+
     @property
     def frame_shape(self) -> tuple:
         return tuple(self.frames.shape[1:])
