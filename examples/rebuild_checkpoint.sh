@@ -2,6 +2,8 @@
 # Rebuild a shipped checkpoint from the demos committed under data/, with its recipe (docs/RESULTS.md).
 #
 #   bash examples/rebuild_checkpoint.sh par-pickcube     # tokenizer, video model, fine-tuning: about 45 min on 2 cores
+#   VIDEO=par-video-pickcube bash examples/rebuild_checkpoint.sh par-pickcube   # fine-tuning from the shipped video model
+#   bash examples/rebuild_checkpoint.sh par-pushcube     # the same recipe on data/pushcube-joint (not run end to end)
 #   bash examples/rebuild_checkpoint.sh par-stackcube    # fine-tuning from par-pickcube, then par-locate: about 65 min
 #   OUT=runs/rebuild EVAL=1 bash examples/rebuild_checkpoint.sh par-pickcube   # and par-eval on 100 seeds
 #
@@ -12,7 +14,7 @@
 # Runs the modules behind par-train / par-locate / par-eval with $PY (default: python; `source
 # .venv/bin/activate` first, make setup creates it), so it also runs from a git worktree.
 set -euo pipefail
-NAME=${1:?usage: bash examples/rebuild_checkpoint.sh par-pickcube|par-stackcube}
+NAME=${1:?usage: bash examples/rebuild_checkpoint.sh par-pickcube|par-pushcube|par-stackcube}
 OUT=${OUT:-runs/rebuild}
 THREADS=${THREADS:-2}
 PRECISION=${PRECISION:-auto}
@@ -22,17 +24,31 @@ FT="--steps 4500 --batch-size 16 --lr 6e-4 --warmup 100 --ema 0.999 --ckpt-every
 done_stage() { [ -f "$1/final/model.safetensors" ]; }
 need() { [ -f "$1/meta.json" ] || { echo "rebuild_checkpoint: $1 is missing (data/README.md says how it was collected)" >&2; exit 2; }; }
 
+# the video model: tokenizer and frames-only pretraining on a demo folder's frames (its final/ in $2)
+video_model() {
+  done_stage "$2/tokenizer" || $TRAIN tokenizer --data "$1" --out "$2" --preset cpu64 --steps 1000 --batch-size 4 \
+    --lr 2e-3 --fg-weight 20 --ckpt-every 200 --val-every 500 --threads "$THREADS" --precision "$PRECISION" \
+    --set vae_stride=4 'vae_channels=[16,32,64]' patch_size=4
+  done_stage "$2/pretrain-video" || $TRAIN pretrain-video --data "$1" --out "$2" --steps 800 --batch-size 16 \
+    --ckpt-every 200 --val-every 400 --threads "$THREADS" --precision "$PRECISION"
+}
+
 case "$NAME" in
   par-pickcube)
     D=data/pickcube-ee-fov08; R=$OUT/par-pickcube
     need "$D"
-    # the video model: tokenizer and frames-only pretraining on the same demos' frames
-    done_stage "$R/tokenizer" || $TRAIN tokenizer --data "$D" --out "$R" --preset cpu64 --steps 1000 --batch-size 4 \
-      --lr 2e-3 --fg-weight 20 --ckpt-every 200 --val-every 500 --threads "$THREADS" --precision "$PRECISION" \
-      --set vae_stride=4 'vae_channels=[16,32,64]' patch_size=4
-    done_stage "$R/pretrain-video" || $TRAIN pretrain-video --data "$D" --out "$R" --steps 800 --batch-size 16 \
-      --ckpt-every 200 --val-every 400 --threads "$THREADS" --precision "$PRECISION"
-    done_stage "$R/finetune" || $TRAIN finetune --data "$D" --out "$R" --init "$R/pretrain-video/final" $FT
+    # VIDEO=par-video-pickcube starts from the shipped video model (the first two stages below, rebuilt)
+    if [ -z "${VIDEO:-}" ]; then video_model "$D" "$R"; VIDEO=$R/pretrain-video/final; fi
+    done_stage "$R/finetune" || $TRAIN finetune --data "$D" --out "$R" --init "$VIDEO" $FT
+    FINAL=$R/finetune/final ;;
+  par-pushcube)
+    # par-pushcube's own video model saw the three tasks' frames (examples/train_protocol.sh SCALE=cpu);
+    # this rebuild pretrains on PushCube's frames only (video pretraining neither helped nor hurt
+    # PushCube: docs/RESULTS.md)
+    D=data/pushcube-joint; R=$OUT/par-pushcube
+    need "$D"
+    if [ -z "${VIDEO:-}" ]; then video_model "$D" "$R"; VIDEO=$R/pretrain-video/final; fi
+    done_stage "$R/finetune" || $TRAIN finetune --data "$D" --out "$R" --init "$VIDEO" $FT
     FINAL=$R/finetune/final ;;
   par-stackcube)
     D=data/stackcube-ee-fov08-priv; R=$OUT/par-stackcube
@@ -44,12 +60,8 @@ case "$NAME" in
     done_stage "$R/located" || $PY -m par_agent.locate --policy "$R/finetune/final" --data "$H" --out "$R/located" \
       --objects cubeA cubeB --layouts 20000 --steps 4200 --workers 2 --threads "$THREADS"
     FINAL=$R/located/final ;;
-  par-pushcube)
-    echo "rebuild_checkpoint: par-pushcube's 1,000 demos are not in data/ yet (data/README.md); its recipe is" \
-         "examples/train_protocol.sh with SCALE=cpu NUM_DEMOS=1000" >&2
-    exit 2 ;;
   *)
-    echo "rebuild_checkpoint: unknown checkpoint $NAME (par-pickcube, par-stackcube)" >&2
+    echo "rebuild_checkpoint: unknown checkpoint $NAME (par-pickcube, par-pushcube, par-stackcube)" >&2
     exit 2 ;;
 esac
 echo "rebuilt $NAME: $FINAL"

@@ -133,6 +133,18 @@ def config_from_saved(d: dict) -> PARConfig:
     return PARConfig.from_dict({k: v for k, v in d.items() if k not in RETIRED_FIELDS})
 
 
+def checkpoint_extra(folder: str | os.PathLike) -> dict:
+    """The ``extra`` metadata a checkpoint's weights file records (``par-train``'s final models:
+    ``{"stage": ..., "step": ...}``), read without the weights; {} when there is none."""
+    path = Path(folder) / WEIGHTS_NAME
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"corrupt weights file {path}: {e}") from e
+    return json.loads(meta["extra"]) if "extra" in meta else {}
+
+
 def split_legacy_locator(config: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict, dict | None, dict]:
     """par-agent 0.1 kept an object locator inside the model (``config["locator"]``, weights under
     ``locator.``) and set the model's ``obs_mode`` to the plain ``"rgb"``. Returns the model's config

@@ -118,3 +118,18 @@ def test_configs_of_earlier_versions_load_unless_they_use_a_removed_experiment()
         config_from_saved({**old, "best_of": 4})
     with pytest.raises(ValueError, match="unknown PARConfig fields"):
         config_from_saved({**d, "no_such_field": 1})
+
+
+def test_a_video_model_loads_as_a_model_but_is_refused_as_a_policy(tmp_path):
+    """par-train's pretrain-video result (what --init takes) has no trained action head: PARPolicy
+    refuses it by name and says what to do, the model itself loads."""
+    from par_agent import PARPolicy
+    from par_agent.hub import checkpoint_extra
+
+    tiny_model().save_pretrained(tmp_path / "video", extra={"stage": "pretrain-video", "step": 800})
+    assert checkpoint_extra(tmp_path / "video") == {"stage": "pretrain-video", "step": 800}
+    PhysicalAutoregressiveModel.from_pretrained(tmp_path / "video")
+    with pytest.raises(ValueError, match=r"pretrain-video checkpoint.*par-train finetune --init"):
+        PARPolicy.from_pretrained(str(tmp_path / "video"))
+    tiny_model().save_pretrained(tmp_path / "policy", extra={"stage": "finetune", "step": 10})
+    PARPolicy.from_pretrained(str(tmp_path / "policy"))

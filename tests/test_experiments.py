@@ -101,3 +101,21 @@ def test_locator_filters_are_causal_and_restart_when_the_object_moves():
     w = window_mean(raw, 4)
     np.testing.assert_allclose(w[0], raw[0])
     np.testing.assert_allclose(w[10], raw[7:11].mean(0))
+
+
+def test_precision_curves_compare_the_steps_both_runs_logged(tmp_path):
+    from experiments.precision_curves import main
+
+    for label, values in (("a", (0.02, 0.01)), ("b", (0.021, 0.012))):
+        (tmp_path / label).mkdir()
+        rows = ["step,name,value,time", f"50,val/action_mse,{values[0]},0", f"100,val/action_mse,{values[1]},0",
+                "100,train/loss,1.0,0"]
+        if label == "b":
+            rows.append("150,val/action_mse,0.5,0")  # a step the reference never logged: left out
+        (tmp_path / label / "metrics.csv").write_text("\n".join(rows) + "\n")
+    report = main(["--runs", f"fp32={tmp_path / 'a'}", f"bf16={tmp_path / 'b'}", "--metrics", "val/action_mse",
+                   "--png", str(tmp_path / "c.png"), "--out", str(tmp_path / "c.json")])
+    r = report["val/action_mse"]
+    assert r["steps"] == [50, 100] and r["bf16"] == [0.021, 0.012]
+    assert abs(r["max_abs_diff"] - 0.002) < 1e-9 and abs(r["max_rel_diff"] - 0.2) < 1e-9
+    assert (tmp_path / "c.png").stat().st_size > 1000
