@@ -15,6 +15,7 @@ from typing import Any
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SAMPLERS = ("dpmsolver", "ddim")
+_MASKS = ("ik", "causal")
 # Fields a loaded checkpoint may change: inference settings that leave the weights as they are.
 RUNTIME_FIELDS = ("num_inference_steps", "use_kv_cache", "sampler", "history", "evict_blocks")
 ENV_KWARGS = ("control_mode", "obs_mode", "camera_size", "camera_fov", "cameras", "max_episode_steps")
@@ -60,6 +61,10 @@ class PARConfig:
     mlp_ratio: float = 4.0
     rope_theta: float = 10000.0
     dropout: float = 0.0
+    attention_mask: str = "ik"
+    """'ik': causal with inverse kinematics (``models/masks.py``; every shipped checkpoint), or
+    'causal': a plain token-causal mask, for the ablation (in this layout it differs only inside a
+    block's frame tokens, which then see the earlier ones instead of each other)."""
 
     # --- de-tokenizers (DiT heads) -----------------------------------------------------------
     frame_head_width: int = 160
@@ -142,6 +147,8 @@ class PARConfig:
             raise ValueError(f"PARConfig.task_names has duplicates: {self.task_names}")
         if self.prediction_type not in _PREDICTION_TYPES:
             raise ValueError(f"PARConfig.prediction_type must be one of {_PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.attention_mask not in _MASKS:
+            raise ValueError(f"PARConfig.attention_mask must be one of {_MASKS}, got {self.attention_mask!r}")
         if self.sampler not in _SAMPLERS:
             raise ValueError(f"PARConfig.sampler must be one of {_SAMPLERS}, got {self.sampler!r}")
         if self.num_inference_steps > self.num_train_timesteps:

@@ -132,3 +132,14 @@ def test_state_and_actions_do_not_leak_into_frame_and_boa_outputs():
     h2 = m.backbone(x2, pos, mask)
     read = (block == 2) & ((kind == Kind.FRAME) | (kind == Kind.BOA))
     torch.testing.assert_close(h2[:, read], h[:, read])
+
+
+def test_plain_causal_mask_differs_from_ik_only_inside_a_blocks_frames():
+    """The ablation's mask: token-causal. In this layout it keeps every IK rule but the frames'
+    bidirectional attention: a frame token then sees only the block's earlier frame tokens."""
+    causal = window_mask(SPEC, T, name="causal")
+    assert torch.equal(causal, torch.tril(torch.ones_like(causal)))  # plain causal (the prefix is position 0)
+    differ = (causal != MASK).nonzero().tolist()
+    assert differ and all(KIND[q] == KIND[k] == Kind.FRAME and BLOCK[q] == BLOCK[k] and k > q for q, k in differ)
+    with pytest.raises(ValueError, match="attention_mask must be one of"):
+        PARConfig.named("tiny", attention_mask="full")

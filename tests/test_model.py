@@ -55,8 +55,9 @@ def test_masked_steps_do_not_contribute():
     torch.testing.assert_close(l1, l2)
 
 
-def test_cached_equals_uncached_with_rollbacks_and_eviction():
-    m = tiny_model()
+@pytest.mark.parametrize("mask", ["ik", "causal"])
+def test_cached_equals_uncached_with_rollbacks_and_eviction(mask):
+    m = tiny_model(attention_mask=mask)
     steps = 3 * m.cfg.history  # several evictions (history 4, eviction 2)
     a1, f1, blocks1 = rollout(m, True, steps)
     a2, f2, blocks2 = rollout(m, False, steps)
@@ -146,3 +147,25 @@ def test_contexts_not_started_are_refused_by_row():
         m.commit(ctx, [1], torch.zeros(1, cfg.chunk_size, cfg.action_dim), fr, torch.zeros(1, cfg.state_dim))
     with pytest.raises(ValueError, match="action noise must have shape"):
         m.act(ctx, [0], noise[0][:1], noise[1])
+
+
+@pytest.mark.parametrize("mask", ["ik", "causal"])
+def test_the_inference_context_runs_the_training_window(mask):
+    """start + commits over a window's real frames, states and actions give the last block the
+    outputs the training forward gives it: inference runs the layout and the mask training ran."""
+    from par_agent.models import BlockSpec, Kind, window_layout
+
+    m = tiny_model(attention_mask=mask)
+    cfg = m.cfg
+    T = cfg.history - 1  # no eviction yet
+    b = synthetic_batch(cfg, B=1, T=T)
+    with torch.no_grad():
+        h = m._run_window(b)[3]
+        ctx = m.new_contexts(1)
+        m.start(ctx, [0], torch.zeros(1, dtype=torch.long), b["frames"][:, 0], b["state"][:, 0])
+        for t in range(1, T):
+            m.commit(ctx, [0], b["actions"][:, t - 1], b["frames"][:, t], b["state"][:, t])
+    block, kind = window_layout(BlockSpec(cfg.frame_tokens, cfg.chunk_size, True, True), T)
+    last = torch.arange(len(block)) == len(block) - 1
+    kept = (block == T - 1) & ((kind == Kind.FRAME) | last)  # what a context keeps: the frames and the last token
+    torch.testing.assert_close(ctx.hidden[0], h[0, kept], atol=1e-5, rtol=1e-5)

@@ -22,7 +22,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from par_agent.models.masks import BlockSpec, ik_attention_mask, window_layout
+from par_agent.models.masks import BlockSpec, attention_mask, window_layout
 from par_agent.models.transformer import KVCache
 
 
@@ -35,6 +35,7 @@ class ContextLayout:
     chunk_size: int
     history: int
     eviction: int
+    attention: str = "ik"
 
     @property
     def block_len(self) -> int:
@@ -55,7 +56,7 @@ class ContextLayout:
         """(M, M) bool: the attention mask of a full window, on the host."""
         block, kind = window_layout(BlockSpec(self.frame_tokens, self.chunk_size, True, True), self.history)
         pos = torch.arange(len(block))
-        return ik_attention_mask(block, kind, pos, block, kind, pos)
+        return attention_mask(self.attention, block, kind, pos, block, kind, pos)
 
     def last_block_slots(self, blocks: int) -> np.ndarray:
         """Slots of the P frame tokens and the state token of the last of ``blocks`` real blocks."""

@@ -107,8 +107,22 @@ def ik_attention_mask(
     return visible & ~(q_prefix & ~k_prefix)
 
 
-def window_mask(spec: BlockSpec, num_blocks: int, prefix: int = 1) -> torch.Tensor:
+def attention_mask(name: str, q_block: torch.Tensor, q_kind: torch.Tensor, q_pos: torch.Tensor,
+                   k_block: torch.Tensor, k_kind: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """The mask ``PARConfig.attention_mask`` names: ``"ik"`` (:func:`ik_attention_mask`) or
+    ``"causal"``, plain token-causal (a token sees every token at or before its position; the
+    prefix sees only the prefix). In this layout the two differ only inside a block's frame tokens,
+    which see each other under "ik" and only the earlier ones under "causal". (Lq, Lk) bool."""
+    if name == "ik":
+        return ik_attention_mask(q_block, q_kind, q_pos, k_block, k_kind, k_pos)
+    if name != "causal":
+        raise ValueError(f"unknown attention mask {name!r}: 'ik' or 'causal'")
+    q_prefix, k_prefix = (q_kind == Kind.PREFIX)[:, None], (k_kind == Kind.PREFIX)[None, :]
+    return (k_pos[None, :] <= q_pos[:, None]) & ~(q_prefix & ~k_prefix)
+
+
+def window_mask(spec: BlockSpec, num_blocks: int, prefix: int = 1, name: str = "ik") -> torch.Tensor:
     """(L, L) mask of a whole training window, from :func:`window_layout`."""
     block, kind = window_layout(spec, num_blocks, prefix)
     pos = torch.arange(len(block))
-    return ik_attention_mask(block, kind, pos, block, kind, pos)
+    return attention_mask(name, block, kind, pos, block, kind, pos)

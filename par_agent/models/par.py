@@ -32,14 +32,15 @@ from torch import nn
 from par_agent.config import RUNTIME_FIELDS, PARConfig
 from par_agent.models.heads import ActionHead, Diffusion, FrameHead, camera_rows, frame_positions, repeat_cond
 from par_agent.models.context import ContextLayout, Contexts
-from par_agent.models.masks import BlockSpec, Kind, ik_attention_mask, window_layout
+from par_agent.models.masks import BlockSpec, Kind, attention_mask, window_layout
 from par_agent.models.normalizer import Normalizer
 from par_agent.models.transformer import Backbone, CacheView
 from par_agent.tokenizers.frames import FrameTokenizer
 
 
 @lru_cache(maxsize=64)
-def _window_indices(spec: BlockSpec, num_blocks: int, device: torch.device = torch.device("cpu")) -> dict[str, torch.Tensor]:
+def _window_indices(spec: BlockSpec, num_blocks: int, device: torch.device = torch.device("cpu"),
+                    mask: str = "ik") -> dict[str, torch.Tensor]:
     """Positions of the tokens the heads read, and the attention mask, for a training window: made once
     per layout and device, so a training step copies nothing from the host."""
     block, kind = window_layout(spec, num_blocks)
@@ -47,7 +48,7 @@ def _window_indices(spec: BlockSpec, num_blocks: int, device: torch.device = tor
     frame = torch.stack([pos[(block == n) & (kind == Kind.FRAME)] for n in range(num_blocks)])
     last = torch.stack([pos[block == n][-1] for n in range(num_blocks)])
     out = {"block": block, "kind": kind, "frame": frame, "last": last,
-           "mask": ik_attention_mask(block, kind, pos, block, kind, pos)}
+           "mask": attention_mask(mask, block, kind, pos, block, kind, pos)}
     if spec.has_actions and num_blocks > 1:
         out["boa"] = torch.stack([pos[(block == n) & (kind == Kind.BOA)][0] for n in range(1, num_blocks)])
     return {k: v.to(device) for k, v in out.items()}
@@ -161,7 +162,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         a_n = self.action_norm.normalize(batch["actions"].to(dev, torch.float32)) if "actions" in batch else None
         has_s = "state" in batch
         spec = BlockSpec(cfg.frame_tokens, cfg.chunk_size, a_n is not None, has_s)
-        idx = _window_indices(spec, T, dev)
+        idx = _window_indices(spec, T, dev, self.cfg.attention_mask)
         x = self._window_embeddings(batch, z, a_n, has_s)
         return z, a_n, idx, self.backbone(x, torch.arange(x.shape[1], device=dev), idx["mask"])
 
@@ -246,7 +247,7 @@ class PhysicalAutoregressiveModel(nn.Module):
     @property
     def context_layout(self) -> ContextLayout:
         cfg = self.cfg
-        return ContextLayout(cfg.frame_tokens, cfg.chunk_size, cfg.history, cfg.eviction)
+        return ContextLayout(cfg.frame_tokens, cfg.chunk_size, cfg.history, cfg.eviction, cfg.attention_mask)
 
     def new_contexts(self, n: int) -> Contexts:
         """Room for ``n`` episode contexts (one per env), with a KV cache when ``use_kv_cache``."""
