@@ -207,15 +207,10 @@ class ObjectLocator(nn.Module):
     @classmethod
     def from_pretrained(cls, folder) -> "ObjectLocator":
         """The locator :meth:`save_pretrained` wrote into ``folder``, in eval mode; errors name the bad file."""
-        from par_agent.hub import CheckpointError, load_state, read_module
+        from par_agent.hub import read_module
 
         config, state, _ = read_module(folder)
-        try:
-            net = locator_from_dict(config)
-        except ValueError as e:
-            raise CheckpointError(f"{folder}: {e}") from e
-        load_state(net, state, folder)
-        return net.eval()
+        return locator_from_parts(config, state, folder)
 
     def complete_state(self, frames: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """frames (B, H, W, 3) uint8, plain state (B, Dp) -> the privileged state (B, Df) the model reads."""
@@ -276,20 +271,25 @@ def save_locator(locator: ObjectLocator, folder) -> Path:
 def load_locator(folder) -> ObjectLocator | None:
     """The object locator of a policy's checkpoint ``folder`` (``locator/``, or inside the model's own
     files as par-agent 0.1 wrote it), in eval mode; None when it has none."""
-    from par_agent.hub import LOCATOR_DIR, CheckpointError, load_state, read_module, split_legacy_locator
+    from par_agent.hub import LOCATOR_DIR, read_module, split_legacy_locator
 
     folder = Path(folder)
     if (folder / LOCATOR_DIR).is_dir():
         return ObjectLocator.from_pretrained(folder / LOCATOR_DIR)
     config, state, _ = read_module(folder)
     _, _, config, state = split_legacy_locator(config, state)
-    if config is None:
-        return None
+    return None if config is None else locator_from_parts(config, state, folder)
+
+
+def locator_from_parts(config: dict, state: dict, source) -> ObjectLocator:
+    """A locator of a saved config and weights, in eval mode; errors name ``source``."""
+    from par_agent.hub import CheckpointError, load_state
+
     try:
         net = locator_from_dict(config)
     except ValueError as e:
-        raise CheckpointError(f"{folder}: {e}") from e
-    load_state(net, state, folder)
+        raise CheckpointError(f"{source}: {e}") from e
+    load_state(net, state, source)
     return net.eval()
 
 
