@@ -29,10 +29,19 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing files or holds bad ones."""
 
 
+VIDEO_STAGES = ("tokenizer", "pretrain-video")  # par-train stages whose models cannot act yet
+
+
 def builtin_names() -> list[str]:
+    """Every checkpoint shipped in ``par_agent/pretrained/``: the policies and the video models."""
     if not PRETRAINED_DIR.is_dir():
         return []
     return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+
+
+def builtin_policies() -> list[str]:
+    """The shipped checkpoints that act (fine-tuned with actions), without the video models."""
+    return [n for n in builtin_names() if checkpoint_extra(PRETRAINED_DIR / n).get("stage") not in VIDEO_STAGES]
 
 
 def resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:

@@ -144,11 +144,11 @@ class PARPolicy(BasePolicy):
         ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
         ``sampler``, ``history``, ``evict_blocks``.
         """
-        from par_agent.hub import checkpoint_extra, resolve
+        from par_agent.hub import VIDEO_STAGES, checkpoint_extra, resolve
 
         folder = resolve(name_or_path)
         stage = checkpoint_extra(folder).get("stage") if (folder / "model.safetensors").is_file() else None
-        if stage in ("tokenizer", "pretrain-video"):
+        if stage in VIDEO_STAGES:
             raise ValueError(f"{name_or_path} is a {stage} checkpoint: its action head was never trained, so it "
                              f"cannot act; fine-tune it on demos first (par-train finetune --init {name_or_path} "
                              "--data DEMOS)")

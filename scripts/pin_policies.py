@@ -43,10 +43,10 @@ def record(name: str, steps: int, seed: int = 1_000_000) -> dict[str, np.ndarray
 
 
 def main(argv=None) -> int:
-    from par_agent.hub import builtin_names
+    from par_agent.hub import builtin_policies
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--names", nargs="+", default=builtin_names())
+    p.add_argument("--names", nargs="+", default=builtin_policies())
     p.add_argument("--steps", type=int, default=64, help="control steps (8 chunks of 8 pass the first eviction)")
     args = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from par_agent import PARPolicy
-from par_agent.hub import builtin_names
+from par_agent.hub import builtin_policies
 
 DATA = Path(__file__).parent / "data"
 ATOL = 2e-4  # actions are O(1) (normalised to [-1, 1] before unnormalising); rounding differs by ~1e-6
@@ -34,11 +34,11 @@ def replay(policy: PARPolicy, rec: dict, starts: np.ndarray | None = None) -> np
                                     episode_start=starts[t:t + 1], deterministic=True)[0] for t in range(T)])
 
 
-def test_every_shipped_checkpoint_is_pinned():
-    assert sorted(builtin_names()) == sorted(p.name[len("pinned_"):-len(".npz")] for p in DATA.glob("pinned_*.npz"))
+def test_every_shipped_policy_is_pinned():
+    assert sorted(builtin_policies()) == sorted(p.name[len("pinned_"):-len(".npz")] for p in DATA.glob("pinned_*.npz"))
 
 
-@pytest.mark.parametrize("name", builtin_names())
+@pytest.mark.parametrize("name", builtin_policies())
 def test_shipped_checkpoint_repeats_its_recorded_actions(name):
     rec = pinned(name)
     got = replay(PARPolicy.from_pretrained(name, num_threads=1), rec)
