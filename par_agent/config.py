@@ -85,6 +85,10 @@ class PARConfig:
     """Noise draws per target in training (MAR's trick: reuse one backbone pass)."""
     frame_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
+    action_bins: int = 0
+    """0: continuous actions, denoised by the action DiT (every shipped checkpoint). N >= 2: the
+    discrete-action ablation: each normalised action dimension in N bins, read off the same head in
+    one pass with a cross-entropy loss (``heads.BinnedActions``)."""
 
     # --- inference ---------------------------------------------------------------------------
     use_kv_cache: bool = True
@@ -147,6 +151,8 @@ class PARConfig:
             raise ValueError(f"PARConfig.task_names has duplicates: {self.task_names}")
         if self.prediction_type not in _PREDICTION_TYPES:
             raise ValueError(f"PARConfig.prediction_type must be one of {_PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.action_bins == 1 or self.action_bins < 0:
+            raise ValueError(f"PARConfig.action_bins must be 0 (continuous) or at least 2, got {self.action_bins}")
         if self.attention_mask not in _MASKS:
             raise ValueError(f"PARConfig.attention_mask must be one of {_MASKS}, got {self.attention_mask!r}")
         if self.sampler not in _SAMPLERS:

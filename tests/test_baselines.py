@@ -55,7 +55,11 @@ def test_train_save_load_and_evaluate(pickcube_ee_demo, tmp_path):
              "--warmup", "1", "--batch-size", "4", "--unet-dims", "16", "32", "--threads", "1", "--no-progress"]
     assert main(timed) == 0
     summary = json.loads((tmp_path / "timed" / "summary.json").read_text())
-    assert summary["steps"] == summary["planned_steps"] >= 1 and summary["final_lr"] < 1e-6
+    # the plan is sized to the budget; a slow machine may stop at 1.25x the minutes before it ends
+    assert 1 <= summary["steps"] <= summary["planned_steps"] < 30000
+    assert summary["minutes"] < 0.05 * 1.25 + 0.05  # the margin, plus one step past it at most
+    if summary["steps"] == summary["planned_steps"]:
+        assert summary["final_lr"] < 1e-6  # the cosine schedule ran to its end
     policy = DPPolicy.from_pretrained(out / "final")
     assert policy.env_kwargs["control_mode"] == "pd_ee_delta_pos" and policy.env_kwargs["camera_size"] == 32
     assert policy.task == "PickCube-v1"

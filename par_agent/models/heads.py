@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from torch import nn
+from torch.nn import functional as F
 
 from par_agent.models.attention import attention
 
@@ -142,7 +143,8 @@ class ActionHead(nn.Module):
     """Denoises a chunk of K actions, cross-attending to the backbone outputs of [F_{n+1}, BOA]
     (N, M, D) and modulated by the BOA output (N, D)."""
 
-    def __init__(self, action_dim: int, chunk_size: int, cond_dim: int, width: int, depth: int, heads: int) -> None:
+    def __init__(self, action_dim: int, chunk_size: int, cond_dim: int, width: int, depth: int, heads: int,
+                 out_dim: int | None = None) -> None:
         super().__init__()
         self.width = width
         self.inp = nn.Linear(action_dim, width)
@@ -151,7 +153,7 @@ class ActionHead(nn.Module):
         self.pos = nn.Parameter(torch.randn(chunk_size, width) * 0.02)
         self.t_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.blocks = nn.ModuleList(DiTBlock(width, heads, cross=True) for _ in range(depth))
-        self.final = FinalLayer(width, action_dim)
+        self.final = FinalLayer(width, out_dim or action_dim)
 
     def prepare(self, cond_tokens: torch.Tensor, cond_global: torch.Tensor) -> dict:
         """Cross-attention keys/values of every layer, computed once per sample."""
@@ -165,6 +167,38 @@ class ActionHead(nn.Module):
         for blk, kv in zip(self.blocks, cond["kv"]):
             h = blk(h, c, kv)
         return self.final(h, c)
+
+
+class BinnedActions:
+    """The discrete-action ablation's read-out, with :class:`Diffusion`'s ``loss`` / ``sample``
+    interface: each normalised action dimension in [-1, 1] falls in one of ``bins`` equal bins, the
+    action head (built with ``out_dim = action_dim * bins``) reads logits off the same conditioning
+    in one pass (its input and timestep fixed at zero), trained by cross-entropy; ``sample`` returns
+    the centre of the most likely bin (the noise is not used)."""
+
+    def __init__(self, bins: int, action_dim: int) -> None:
+        self.bins, self.action_dim = bins, action_dim
+
+    def _logits(self, net: Callable, like: torch.Tensor, cond: dict) -> torch.Tensor:
+        zeros = torch.zeros_like(like)
+        t = torch.zeros(like.shape[0], dtype=torch.long, device=like.device)
+        return net(zeros, t, cond).unflatten(-1, (self.action_dim, self.bins))  # (N, K, Da, bins)
+
+    def loss(self, net: Callable, target: torch.Tensor, cond: dict, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy over dimensions. target: (N, K, Da) normalised; mask: (N, K) bool or None."""
+        idx = ((target.clamp(-1, 1) + 1) / 2 * self.bins).long().clamp(0, self.bins - 1)
+        logits = self._logits(net, target, cond)
+        err = F.cross_entropy(logits.flatten(0, 2), idx.flatten(), reduction="none").view(idx.shape).mean(-1)
+        if mask is None:
+            return err.mean()
+        m = mask.to(err.dtype)
+        return (err * m).sum() / m.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def sample(self, net: Callable, noise: torch.Tensor, cond: dict, steps: int) -> torch.Tensor:
+        """(N, K, Da): the centre of each dimension's most likely bin, in [-1, 1]."""
+        best = self._logits(net, noise, cond).argmax(-1)
+        return (best.to(noise.dtype) + 0.5) / self.bins * 2 - 1
 
 
 def repeat_cond(cond: dict, n: int) -> dict:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from par_agent.config import RUNTIME_FIELDS, PARConfig
-from par_agent.models.heads import ActionHead, Diffusion, FrameHead, camera_rows, frame_positions, repeat_cond
+from par_agent.models.heads import ActionHead, BinnedActions, Diffusion, FrameHead, camera_rows, frame_positions, repeat_cond
 from par_agent.models.context import ContextLayout, Contexts
 from par_agent.models.masks import BlockSpec, Kind, attention_mask, window_layout
 from par_agent.models.normalizer import Normalizer
@@ -74,8 +74,15 @@ class PhysicalAutoregressiveModel(nn.Module):
         self.backbone = Backbone(D, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.rope_theta, cfg.dropout)
         self.frame_head = FrameHead(cfg.token_dim, cfg.camera_tokens, D, cfg.frame_head_width, cfg.frame_head_depth,
                                     cfg.head_num_heads, cfg.num_cameras)
-        self.action_head = ActionHead(cfg.action_dim, K, D, cfg.action_head_width, cfg.action_head_depth, cfg.head_num_heads)
+        self.action_head = ActionHead(cfg.action_dim, K, D, cfg.action_head_width, cfg.action_head_depth, cfg.head_num_heads,
+                                      out_dim=cfg.action_dim * cfg.action_bins if cfg.action_bins else None)
         self.diffusion = self._make_diffusion(cfg)
+
+    @property
+    def action_decoder(self) -> Diffusion | BinnedActions:
+        """How actions are read off the action head: the diffusion (every shipped checkpoint), or the
+        discrete ablation's bins (``PARConfig.action_bins``)."""
+        return BinnedActions(self.cfg.action_bins, self.cfg.action_dim) if self.cfg.action_bins else self.diffusion
 
     @staticmethod
     def _make_diffusion(cfg: PARConfig) -> Diffusion:
@@ -209,7 +216,7 @@ class PhysicalAutoregressiveModel(nn.Module):
             amask = amask.flatten(0, 1) & valid[:, None]  # (B*(T-1), K)
             ctx_idx = torch.cat([idx["frame"][1:], idx["boa"][:, None]], dim=1)  # (T-1, P+1)
             cond = self.action_head.prepare(h[:, ctx_idx].flatten(0, 1), h[:, idx["boa"]].flatten(0, 1))
-            action_loss = self.diffusion.loss(
+            action_loss = self.action_decoder.loss(
                 self.action_head, a_n.flatten(0, 1).repeat(mul, 1, 1), repeat_cond(cond, mul), amask.repeat(mul, 1)
             )
             out["action_loss"] = action_loss
@@ -239,7 +246,7 @@ class PhysicalAutoregressiveModel(nn.Module):
             ctx_idx = torch.cat([idx["frame"][1:], idx["boa"][:, None]], dim=1)
             cond = self.action_head.prepare(h[:, ctx_idx].flatten(0, 1), h[:, idx["boa"]].flatten(0, 1))
             x0 = self._noise((B * (T - 1), cfg.chunk_size, cfg.action_dim), generator)
-            a = self.diffusion.sample(self.action_head, x0, cond, self.num_inference_steps).clamp(-1, 1)
+            a = self.action_decoder.sample(self.action_head, x0, cond, self.num_inference_steps).clamp(-1, 1)
             out["actions"] = self.action_norm.unnormalize(a).unflatten(0, (B, T - 1))
         return out
 
@@ -318,7 +325,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         x = torch.cat([self.embed_frames(f), self.embed_boa((R,))], dim=1)
         h = self._run(ctx, rows, [ctx.layout.length(b) for b in ctx.blocks[rows]], x)
         cond = self.action_head.prepare(h, h[:, -1])
-        a = self.diffusion.sample(self.action_head, action_noise.to(self.device), cond, self.num_inference_steps)
+        a = self.action_decoder.sample(self.action_head, action_noise.to(self.device), cond, self.num_inference_steps)
         return self.action_norm.unnormalize(a.clamp(-1, 1)), f
 
     @torch.no_grad()
