@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from par_agent.data.compact import read_compact_episode, read_compact_meta
 
@@ -71,3 +72,27 @@ def test_checkpoint_statistics_come_from_its_shipped_demos(name, action_atol):
     mean, std = model.state_norm.get_stats()
     np.testing.assert_allclose(stats["state_mean"], mean, atol=0.01)
     np.testing.assert_allclose(stats["state_std"], std, atol=0.01)
+
+
+def test_the_shipped_video_model_loads_by_name_and_is_refused_as_a_policy():
+    """par-video-pickcube (the video stage of par-pickcube's recipe, examples/rebuild_checkpoint.sh)
+    ships for `par-train finetune --init par-video-pickcube`: float16 on disk, a float32 model once
+    loaded, never offered as a policy."""
+    from safetensors import safe_open
+
+    from par_agent import PARPolicy
+    from par_agent.hub import PRETRAINED_DIR, builtin_names, builtin_policies, checkpoint_extra
+    from par_agent.models import PhysicalAutoregressiveModel
+
+    folder = PRETRAINED_DIR / "par-video-pickcube"
+    assert "par-video-pickcube" in builtin_names() and "par-video-pickcube" not in builtin_policies()
+    assert checkpoint_extra(folder)["stage"] == "pretrain-video"
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) <= 25e6
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("boa").dtype == torch.float16
+    model = PhysicalAutoregressiveModel.from_pretrained("par-video-pickcube")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.cfg.task_names == ("PickCube-v1",)
+    with pytest.raises(ValueError, match="pretrain-video checkpoint"):
+        PARPolicy.from_pretrained("par-video-pickcube")
+
