@@ -189,16 +189,21 @@ class BinnedActions:
         idx = ((target.clamp(-1, 1) + 1) / 2 * self.bins).long().clamp(0, self.bins - 1)
         logits = self._logits(net, target, cond)
         err = F.cross_entropy(logits.flatten(0, 2), idx.flatten(), reduction="none").view(idx.shape).mean(-1)
-        if mask is None:
-            return err.mean()
-        m = mask.to(err.dtype)
-        return (err * m).sum() / m.sum().clamp_min(1.0)
+        return masked_mean(err, mask)
 
     @torch.no_grad()
     def sample(self, net: Callable, noise: torch.Tensor, cond: dict, steps: int) -> torch.Tensor:
         """(N, K, Da): the centre of each dimension's most likely bin, in [-1, 1]."""
         best = self._logits(net, noise, cond).argmax(-1)
         return (best.to(noise.dtype) + 0.5) / self.bins * 2 - 1
+
+
+def masked_mean(err: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of err (N, K) over the entries mask (N, K) keeps (all when None)."""
+    if mask is None:
+        return err.mean()
+    m = mask.to(err.dtype)
+    return (err * m).sum() / m.sum().clamp_min(1.0)
 
 
 def repeat_cond(cond: dict, n: int) -> dict:
@@ -235,10 +240,7 @@ class Diffusion:
         else:
             want = target
         err = (net(x_t, t, cond) - want).pow(2).mean(-1)
-        if mask is None:
-            return err.mean()
-        m = mask.to(err.dtype)
-        return (err * m).sum() / m.sum().clamp_min(1.0)
+        return masked_mean(err, mask)
 
     @torch.no_grad()
     def sample(self, net: Callable, noise: torch.Tensor, cond: dict, steps: int) -> torch.Tensor:
