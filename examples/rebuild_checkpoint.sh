@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild a shipped checkpoint from the demos committed under data/, with its recipe (docs/RESULTS.md).
 #
-#   bash examples/rebuild_checkpoint.sh par-pickcube     # tokenizer, video model, fine-tuning: 22 min on 2 cores in bf16
+#   PRECISION=bf16 bash examples/rebuild_checkpoint.sh par-pickcube   # tokenizer, video model, fine-tuning: 22 min on 2 cores
 #   VIDEO=par-video-pickcube bash examples/rebuild_checkpoint.sh par-pickcube   # fine-tuning only, from the shipped video model
 #   bash examples/rebuild_checkpoint.sh par-pushcube     # the same recipe on data/pushcube-joint (not run end to end)
 #   bash examples/rebuild_checkpoint.sh par-stackcube    # fine-tuning from par-pickcube, then par-locate: about 65 min
