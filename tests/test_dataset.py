@@ -79,6 +79,29 @@ def test_split_is_by_episode_disjoint_and_deterministic(tmp_path):
     assert al.stats["num_episodes"] == 7  # statistics always come from the train split
 
 
+def test_train_episodes_nest_and_keep_the_held_out_split(tmp_path):
+    """--train-episodes N: the first N training episodes in the source's order (so 3 lies in 5), the
+    statistics from those alone, the held-out episodes unchanged; a count the data lacks is an error."""
+    path = write_fake_h5(tmp_path / "d.h5", [3, 5, 4, 6, 2, 7, 5, 4, 3, 6])
+    kw = dict(history=2, chunk_size=2, val_fraction=0.3)
+    full = PhysicalStepDataset(path, split="train", **kw)
+    five = PhysicalStepDataset(path, split="train", train_episodes=5, **kw)
+    three = PhysicalStepDataset(path, split="train", train_episodes=3, **kw)
+    assert three.episode_keys == five.episode_keys[:3] == full.episode_keys[:3]
+    assert three.stats["num_episodes"] == 3 and len(three) == three.stats["num_windows"] < len(five)
+    with h5py.File(path) as f:
+        a = np.concatenate([f[k.split("/")[-1] + "/actions"][()] for k in three.episode_keys])
+    np.testing.assert_allclose(three.stats["action_min"], a.min(0))
+    np.testing.assert_allclose(three.stats["action_max"], a.max(0))
+    val = PhysicalStepDataset(path, split="val", stats=three.stats, **kw)
+    assert val.episode_keys == PhysicalStepDataset(path, split="val", **kw).episode_keys
+    assert not set(val.episode_keys) & set(full.episode_keys)
+    with pytest.raises(ValueError, match="train_episodes=8.*7 training episodes.*1..7"):
+        PhysicalStepDataset(path, split="train", train_episodes=8, **kw)
+    with pytest.raises(ValueError, match="train_episodes=0"):
+        PhysicalStepDataset(path, split="train", train_episodes=0, **kw)
+
+
 def test_read_video_falls_back_to_opencv(tmp_video_folder, monkeypatch):
     """Without imageio-ffmpeg (a GPU image with its own Python) a compact folder's videos are read with
     OpenCV, frame for frame as ffmpeg reads them; without either, one error names both."""

@@ -119,3 +119,40 @@ def test_precision_curves_compare_the_steps_both_runs_logged(tmp_path):
     assert r["steps"] == [50, 100] and r["bf16"] == [0.021, 0.012]
     assert abs(r["max_abs_diff"] - 0.002) < 1e-9 and abs(r["max_rel_diff"] - 0.2) < 1e-9
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_data_efficiency_plans_par_train_runs_and_reports_paired_points(tmp_path):
+    """experiments/data_efficiency.py: each point is par-train's own command line with --train-episodes;
+    reused points land in place; the report pairs the two arms seed by seed and draws the figure."""
+    import json
+
+    from experiments import data_efficiency as de
+    from par_agent.training.args import parse_args
+
+    train, evaluate = de.commands("data/pickcube-ee-fov08", tmp_path, "video", 25, "VIDEO", 100, 2, "bf16")
+    args = parse_args(train[3:])
+    assert args.stage == "finetune" and args.train_episodes == 25 and args.init == "VIDEO"
+    assert args.steps == 4500 and args.batch_size == 16 and args.out == tmp_path / "video-25"
+    assert evaluate[evaluate.index("--policy") + 1] == str(tmp_path / "video-25" / "finetune" / "final")
+
+    def report(successes):
+        rate = sum(successes) / len(successes)
+        return {"success_rate": rate, "ci95": [rate / 2, (1 + rate) / 2], "n_episodes": len(successes),
+                "subgoal_rates": {"is_grasped": 0.5}, "policy": {"name": "p"},
+                "per_seed": [{"seed": 1_000_000 + i, "success": s} for i, s in enumerate(successes)]}
+
+    for arm, succ in (("video", [1, 1, 1, 0, 1, 1]), ("no-video", [0, 0, 1, 0, 0, 1])):
+        (tmp_path / f"{arm}.json").write_text(json.dumps(report([bool(s) for s in succ])))
+    de.main(["run", "--out", str(tmp_path / "runs"), "--video", "V", "--tokenizer", "T", "--counts", "225",
+             "--reuse", f"video:225={tmp_path / 'video.json'}", f"no-video:225={tmp_path / 'no-video.json'}"])
+    assert json.loads((tmp_path / "runs" / "video-225" / "eval.json").read_text())["reused_from"].endswith("video.json")
+    de.main(["report", "--out", str(tmp_path / "runs"), "--png", str(tmp_path / "d.png"),
+             "--report", str(tmp_path / "d.json")])
+    summary = json.loads((tmp_path / "d.json").read_text())
+    assert summary["points"]["video"]["225"]["success_rate"] == 5 / 6
+    pair = summary["paired_video_vs_no_video"]["225"]
+    assert (pair["seeds"], pair["only_first"], pair["only_second"]) == (6, 3, 0)
+    assert abs(pair["sign_test_p"] - 0.25) < 1e-9
+    assert (tmp_path / "d.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="ARM:N=REPORT"):
+        de.parse_reuse(["video=x.json"])

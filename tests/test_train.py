@@ -274,6 +274,10 @@ def test_finetune_adapts_a_multitask_video_model_to_the_task_and_state_size(trai
     assert state["task_emb.weight"].shape == (1, cfg.width)
     assert torch.equal(state["frame_tokenizer.vae.encoder.conv_in.weight"],
                       multi.state_dict()["frame_tokenizer.vae.encoder.conv_in.weight"])
+    # --train-episodes reaches the data: these 2 demos keep 1 for training, 1 held out
+    with pytest.raises(ValueError, match="train_episodes=2, but .* has 1 training episodes"):
+        run_stage("finetune", pushcube_demos, tmp_path / "ft2", 2, "--init", str(tmp_path / "multi"),
+                  "--train-episodes", "2")
 
 
 def test_frames_only_stages_mix_tasks_whose_state_sizes_differ(pushcube_demos, tmp_path):

@@ -300,6 +300,10 @@ class PhysicalStepDataset(Dataset):
             train split when ``None``.
         image_size: resize frames to this height (width keeps the aspect) at load time.
         cameras: cameras stitched left to right into ``frames`` (as ``envs.make_env``).
+        train_episodes: keep only the first this many training episodes (in the sources' order) for
+            the ``"train"`` and ``"all"`` splits and their statistics; the held-out split is the same
+            for every count, so smaller training sets nest (25 in 50 in 100 ...) and share one held-out
+            set (data-efficiency curves).
     """
 
     def __init__(
@@ -314,6 +318,7 @@ class PhysicalStepDataset(Dataset):
         stats: Optional[dict] = None,
         image_size: Optional[int] = None,
         cameras: Sequence[str] = ("base_camera",),
+        train_episodes: Optional[int] = None,
     ):
         if isinstance(paths, (str, Path)):
             paths = [paths]
@@ -335,6 +340,12 @@ class PhysicalStepDataset(Dataset):
         if len(set(keys)) != len(keys):
             keys = [f"{ep.source}::{ep.key}" for ep in episodes]
         train_idx, val_idx = split_episodes(keys, val_fraction)
+        if train_episodes is not None:
+            if not 1 <= train_episodes <= len(train_idx):
+                raise ValueError(f"train_episodes={train_episodes}, but {list(map(str, paths))} has "
+                                 f"{len(train_idx)} training episodes ({len(episodes)} in all, "
+                                 f"val_fraction={val_fraction}); choose 1..{len(train_idx)}")
+            train_idx = train_idx[:train_episodes]
         chosen = {"train": train_idx, "val": val_idx, "all": sorted(train_idx + val_idx)}[split]
         if not chosen:
             raise ValueError(f"split {split!r} is empty ({len(episodes)} episodes, val_fraction={val_fraction})")

@@ -55,6 +55,8 @@ class TrainArgs:
     threads: int | None = _opt(None, "torch threads per process (default: the machine's cores shared among the local "
                                "ranks); floating-point results are reproducible for a given count", type=int)
     val_fraction: float = _opt(0.1, "fraction of episodes held out for validation")
+    train_episodes: int | None = _opt(None, "train on only the first N training episodes of each --data source "
+                                      "(the held-out episodes stay the same): data-efficiency curves", type=int)
     val_windows: int = _opt(16, "held-out windows each validation scores, spread evenly over the held-out episodes "
                             "(16 is quick but noisy; all of them for a final figure)")
     progress: bool = _opt(True, "no progress bar", flag="--no-progress", action="store_false")

@@ -30,7 +30,7 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
         tid = cfg.task_id(task) if task is not None else 0  # plain videos: the first task
         kw = dict(history=cfg.history, chunk_size=cfg.chunk_size, task_id=tid, frames_only=frames_only,
                   val_fraction=args.val_fraction, image_size=cfg.image_size, cameras=args.cameras)
-        tr = PhysicalStepDataset(path, split="train", stats=stats, **kw)
+        tr = PhysicalStepDataset(path, split="train", stats=stats, train_episodes=args.train_episodes, **kw)
         train.append(tr)
         try:
             val.append(PhysicalStepDataset(path, split="val", stats=tr.stats, **kw))
