@@ -3,7 +3,8 @@
     python -m experiments.baselines.diffusion_policy train --data DEMOS.h5 --out runs/dp --minutes 35
     python -m experiments.baselines.diffusion_policy eval --policy runs/dp/final --episodes 50 --out results/dp.json
 
-``train`` reads the demos with :class:`par_agent.data.PhysicalStepDataset` and cuts ManiSkill's
+``train`` reads par-train's training split of the demos (its held-out episodes left out, so both
+models learn from the same demos) with :class:`par_agent.data.PhysicalStepDataset` and cuts ManiSkill's
 windows from them (:mod:`experiments.baselines.dp_data`: episode starts padded, as the policy meets
 them), records the demos' env (``make_env`` keyword arguments) in the checkpoint, and trains for
 ``--steps``, or for as many steps as fit ``--minutes`` of optimisation time: it measures a step
@@ -69,7 +70,8 @@ def train(a: argparse.Namespace) -> Path:
     torch.manual_seed(a.seed)
     out = Path(a.out)
     cfg = DPConfig(num_inference_steps=a.inference_steps, unet_dims=list(a.unet_dims))
-    ds = PhysicalStepDataset(a.data, history=2, chunk_size=1, split="all")
+    # par-train's training split (its held-out episodes left out), so both train on the same demos
+    ds = PhysicalStepDataset(a.data, history=2, chunk_size=1, split="train", train_episodes=a.train_episodes)
     info = env_info(a.data)
     control = info.get("env_kwargs", {}).get("control_mode", "pd_joint_pos")
     cfg.state_dim, cfg.action_dim = ds.states.shape[1], ds.actions.shape[1]
@@ -185,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--ckpt-minutes", type=float, default=5.0)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-episodes", type=int, default=None,
+                   help="the first N of par-train's training episodes (as par-train --train-episodes)")
     t.add_argument("--no-progress", action="store_true")
     e = sub.add_parser("eval", help="success rate with par-eval's loop and seeds")
     e.add_argument("--policy", required=True)
