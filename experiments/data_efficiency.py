@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from par_agent.precision import PRECISIONS
+
 ARMS = ("video", "no-video")
 RECIPE = ["--steps", "4500", "--batch-size", "16", "--lr", "6e-4", "--warmup", "100", "--ema", "0.999",
           "--ckpt-every", "250", "--val-every", "750"]
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="training demonstrations per point (225: the whole training split of 250 demos)")
     r.add_argument("--episodes", type=int, default=100, help="evaluation seeds per point, from 1,000,000")
     r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--precision", default="bf16", choices=("auto", "bf16", "fp32"))
+    r.add_argument("--precision", default="bf16", choices=PRECISIONS)
     r.add_argument("--reuse", nargs="*", default=[], metavar="ARM:N=REPORT",
                    help="a point measured already with the same command, e.g. video:225=results/x.json")
     s = sub.add_parser("report", help="the figure and the report of the finished points")

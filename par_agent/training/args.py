@@ -9,6 +9,7 @@ from pathlib import Path
 
 from par_agent.config import PRESETS
 from par_agent.device import resolve_device
+from par_agent.precision import PRECISIONS
 
 STAGES = ("tokenizer", "pretrain-video", "finetune")
 PREVIOUS = {"pretrain-video": "tokenizer", "finetune": "pretrain-video"}
@@ -51,7 +52,7 @@ class TrainArgs:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     precision: str = _opt("auto", "number format of the matrix products: bf16 (autocast; weights, optimiser and losses "
                           "stay float32), fp32, or auto: bf16 on CUDA, fp32 on the CPU (where bf16 is 1.4-1.5x faster "
-                          "on CPUs with AVX512-BF16 or AMX: docs/RESULTS.md, Speed)", choices=("auto", "bf16", "fp32"))
+                          "on CPUs with AVX512-BF16 or AMX: docs/RESULTS.md, Speed)", choices=PRECISIONS)
     threads: int | None = _opt(None, "torch threads per process (default: the machine's cores shared among the local "
                                "ranks); floating-point results are reproducible for a given count", type=int)
     val_fraction: float = _opt(0.1, "fraction of episodes held out for validation")
