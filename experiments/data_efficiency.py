@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from par_agent.evaluate import wilson_ci95
 from par_agent.precision import PRECISIONS
 
 ARMS = ("video", "no-video")
@@ -86,12 +87,17 @@ def run(a: argparse.Namespace) -> None:
                 subprocess.run(cmd, check=True)
 
 
-def paired(a: dict, b: dict) -> dict:
-    """Seeds only ``a`` solved against seeds only ``b`` solved, with the exact two-sided sign test."""
+def _reached(row: dict, subgoal: str | None) -> bool:
+    return bool(row["success"] if subgoal is None else row.get("reached", {}).get(subgoal, False))
+
+
+def paired(a: dict, b: dict, subgoal: str | None = None) -> dict:
+    """Seeds only ``a`` solved against seeds only ``b`` solved (or reached ``subgoal``, e.g.
+    ``is_grasped``, when given), with the exact two-sided sign test."""
     from scipy.stats import binomtest
 
-    sa = {r["seed"]: r["success"] for r in a["per_seed"]}
-    sb = {r["seed"]: r["success"] for r in b["per_seed"]}
+    sa = {r["seed"]: _reached(r, subgoal) for r in a["per_seed"]}
+    sb = {r["seed"]: _reached(r, subgoal) for r in b["per_seed"]}
     common = sorted(set(sa) & set(sb))
     only_a = sum(sa[s] and not sb[s] for s in common)
     only_b = sum(sb[s] and not sa[s] for s in common)
@@ -110,12 +116,15 @@ def collect(out: Path) -> dict:
                 continue
             r = json.loads((d / "eval.json").read_text())
             reports[(arm, int(n))] = r
-            points[arm][int(n)] = {"success_rate": r["success_rate"], "ci95": r["ci95"], "n_episodes": r["n_episodes"],
-                                   "grasped": r.get("subgoal_rates", {}).get("is_grasped"),
-                                   "policy": r.get("policy", {}).get("name"), "reused_from": r.get("reused_from")}
-    pairs = {n: paired(reports[("video", n)], reports[("no-video", n)])
-             for n in sorted(points["video"]) if n in points["no-video"]}
-    return {"points": points, "paired_video_vs_no_video": pairs}
+            grasped = r.get("subgoal_rates", {}).get("is_grasped")
+            points[arm][int(n)] = {
+                "success_rate": r["success_rate"], "ci95": r["ci95"], "n_episodes": r["n_episodes"], "grasped": grasped,
+                "grasped_ci95": None if grasped is None else wilson_ci95(round(grasped * r["n_episodes"]), r["n_episodes"]),
+                "policy": r.get("policy", {}).get("name"), "reused_from": r.get("reused_from")}
+    common = [n for n in sorted(points["video"]) if n in points["no-video"]]
+    pairs = {n: paired(reports[("video", n)], reports[("no-video", n)]) for n in common}
+    grasp_pairs = {n: paired(reports[("video", n)], reports[("no-video", n)], "is_grasped") for n in common}
+    return {"points": points, "paired_video_vs_no_video": pairs, "paired_grasped_video_vs_no_video": grasp_pairs}
 
 
 def plot(summary: dict, png: Path) -> None:
@@ -124,21 +133,26 @@ def plot(summary: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for arm, marker in zip(ARMS, "os"):
-        pts = summary["points"][arm]
-        ns = sorted(pts)
-        if not ns:
-            continue
-        rate = [100 * pts[n]["success_rate"] for n in ns]
-        lo = [r - 100 * pts[n]["ci95"][0] for r, n in zip(rate, ns)]
-        hi = [100 * pts[n]["ci95"][1] - r for r, n in zip(rate, ns)]
-        ax.errorbar(ns, rate, yerr=[lo, hi], marker=marker, capsize=3, label=arm)
-    ax.set_xscale("log")
-    ax.set_xlabel("demonstrations fine-tuned on")
-    ax.set_ylabel("PickCube success (%), 95% interval")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), sharey=True)
+    for ax, (key, ci, title) in zip(axes, (("success_rate", "ci95", "success"), ("grasped", "grasped_ci95", "cube grasped"))):
+        for arm, marker in zip(ARMS, "os"):
+            pts = {n: p for n, p in summary["points"][arm].items() if p[key] is not None}
+            ns = sorted(pts)
+            if not ns:
+                continue
+            rate = [100 * pts[n][key] for n in ns]
+            lo = [r - 100 * pts[n][ci][0] for r, n in zip(rate, ns)]
+            hi = [100 * pts[n][ci][1] - r for r, n in zip(rate, ns)]
+            ax.errorbar(ns, rate, yerr=[lo, hi], marker=marker, capsize=3, label=arm)
+        ax.set_xscale("log")
+        counts = sorted({n for arm in ARMS for n in summary["points"][arm]})
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.minorticks_off()
+        ax.set_xlabel("demonstrations fine-tuned on")
+        ax.set_title(f"PickCube {title}", fontsize=10)
+        ax.set_ylim(0, 100)
+    axes[0].set_ylabel("% of episodes, 95% interval")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)

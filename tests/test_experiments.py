@@ -139,7 +139,8 @@ def test_data_efficiency_plans_par_train_runs_and_reports_paired_points(tmp_path
         rate = sum(successes) / len(successes)
         return {"success_rate": rate, "ci95": [rate / 2, (1 + rate) / 2], "n_episodes": len(successes),
                 "subgoal_rates": {"is_grasped": 0.5}, "policy": {"name": "p"},
-                "per_seed": [{"seed": 1_000_000 + i, "success": s} for i, s in enumerate(successes)]}
+                "per_seed": [{"seed": 1_000_000 + i, "success": s, "reached": {"is_grasped": s or i == 0}}
+                             for i, s in enumerate(successes)]}
 
     for arm, succ in (("video", [1, 1, 1, 0, 1, 1]), ("no-video", [0, 0, 1, 0, 0, 1])):
         (tmp_path / f"{arm}.json").write_text(json.dumps(report([bool(s) for s in succ])))
@@ -153,6 +154,10 @@ def test_data_efficiency_plans_par_train_runs_and_reports_paired_points(tmp_path
     pair = summary["paired_video_vs_no_video"]["225"]
     assert (pair["seeds"], pair["only_first"], pair["only_second"]) == (6, 3, 0)
     assert abs(pair["sign_test_p"] - 0.25) < 1e-9
+    grasp = summary["paired_grasped_video_vs_no_video"]["225"]
+    assert (grasp["only_first"], grasp["only_second"]) == (2, 0)
+    lo, hi = summary["points"]["video"]["225"]["grasped_ci95"]
+    assert lo < 0.5 < hi
     assert (tmp_path / "d.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="ARM:N=REPORT"):
         de.parse_reuse(["video=x.json"])
