@@ -135,6 +135,7 @@ def plot(summary: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    counts = sorted({n for arm in ARMS for n in summary["points"][arm]})
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), sharey=True)
     for ax, (key, ci, title) in zip(axes, (("success_rate", "ci95", "success"), ("grasped", "grasped_ci95", "cube grasped"))):
         for arm, marker in zip(ARMS, "os"):
@@ -147,7 +148,6 @@ def plot(summary: dict, png: Path) -> None:
             hi = [100 * pts[n][ci][1] - r for r, n in zip(rate, ns)]
             ax.errorbar(ns, rate, yerr=[lo, hi], marker=marker, capsize=3, label=arm)
         ax.set_xscale("log")
-        counts = sorted({n for arm in ARMS for n in summary["points"][arm]})
         ax.set_xticks(counts, [str(n) for n in counts])
         ax.minorticks_off()
         ax.set_xlabel("demonstrations fine-tuned on")
