@@ -213,3 +213,38 @@ def test_a_policy_saved_with_the_locator_inside_its_model_still_loads(located_pi
     assert m.cfg.env_kwargs["obs_mode"] == "rgb+state_dict" and not any(k.startswith("locator") for k in m.state_dict())
     with pytest.raises(ValueError, match="object locator inside the model"):
         config_from_saved(old)
+
+
+def test_diffusion_policy_acts_through_the_same_locator(located_pickcube, pickcube_ee_demo, tmp_path):
+    """The baseline given PAR's located state: trained on the privileged demos with ``--locator``, it
+    carries that policy's locator, asks for the plain env and acts from its frame and plain state."""
+    from envs import make_env
+    from experiments.baselines.diffusion_policy import main as dp_main
+    from experiments.baselines.dp_policy import DPPolicy
+    from par_agent.models.locator import load_locator
+
+    root, _ = located_pickcube
+    tiny = ["--steps", "2", "--batch-size", "4", "--unet-dims", "16", "32", "--inference-steps", "2", "--threads", "1",
+            "--no-progress"]
+    data = root / "priv" / pickcube_ee_demo.name
+    assert dp_main(["train", "--data", str(data), "--out", str(tmp_path / "dp"), "--locator", str(root / "run" / "final"),
+                    *tiny]) == 0
+    p = DPPolicy.from_pretrained(tmp_path / "dp" / "final")
+    assert p.locator is not None and p.cfg.state_dim == 42 and p.state_dim == 29
+    assert p.env_kwargs["obs_mode"] == "rgb"
+    torch.testing.assert_close(p.locator.state_dict()["pos_mean"],
+                               load_locator(root / "run" / "final").state_dict()["pos_mean"])
+    env = make_env(p.task, **{k: v for k, v in p.env_kwargs.items() if k != "max_episode_steps"})
+    obs, _ = env.reset(seed=1_000_000)
+    a, _ = p.predict(obs, episode_start=np.array([True]))
+    assert env.action_space.contains(a)
+    env.close()
+    with pytest.raises(ValueError, match=r"state \(n, 29\)"):
+        p.predict({"rgb": obs["rgb"], "state": np.zeros(42, np.float32)})
+    # a checkpoint without a locator, and a locator over another state, are refused before training
+    with pytest.raises(SystemExit, match="no object locator"):
+        dp_main(["train", "--data", str(data), "--out", str(tmp_path / "x"), "--locator", str(root / "priv_policy"), *tiny])
+    with pytest.raises(SystemExit, match="rebuilds a state of 42 numbers; the demos' state has 29"):
+        dp_main(["train", "--data", str(pickcube_ee_demo), "--out", str(tmp_path / "y"),
+                 "--locator", str(root / "run" / "final"), *tiny])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -12,8 +12,14 @@ first and sizes the cosine schedule to that count, so the learning rate anneals 
 Gathering batches is timed apart (``summary.json``: ``load_minutes``). The budget rule for the
 comparison with PAR (docs/RESULTS.md): the same total minutes, PAR's tokenizer and video
 pretraining included. It checkpoints atomically every ``--ckpt-minutes`` and resumes from
-``OUT/latest`` (with the schedule it planned) when run again with the same ``--out``. ``eval`` runs ``par_agent.evaluate.evaluate`` (the loop behind ``par-eval``) on
-the default seeds, so the two policies meet the same episodes.
+``OUT/latest`` (with the schedule it planned) when run again with the same ``--out``.
+
+On privileged demos (StackCube's cube poses in the state), ``--locator par-stackcube`` copies that
+PAR policy's object locator into the checkpoint: the policy then acts from the frame and the plain
+state, the locator completing it, so both policies are given the same located state.
+
+``eval`` runs ``par_agent.evaluate.evaluate`` (the loop behind ``par-eval``) on the default seeds,
+so the two policies meet the same episodes.
 """
 from __future__ import annotations
 
@@ -56,6 +62,21 @@ def measure_step_s(net, windows: DPWindows, scheduler, batch_size: int, steps: i
     return float(np.median(times[1:]))
 
 
+def _locator(policy: str, state_dim: int):
+    """The object locator of the PAR checkpoint ``policy`` (a folder or a shipped name), checked
+    against the demos' privileged state of ``state_dim`` numbers."""
+    from par_agent.hub import resolve
+    from par_agent.models.locator import load_locator
+
+    locator = load_locator(resolve(policy))
+    if locator is None:
+        raise SystemExit(f"--locator {policy}: that checkpoint has no object locator (par-locate makes one)")
+    if locator.cfg.privileged_dim != state_dim:
+        raise SystemExit(f"--locator {policy} rebuilds a state of {locator.cfg.privileged_dim} numbers; the demos' "
+                         f"state has {state_dim}: pass the privileged demos that policy was fine-tuned on")
+    return locator
+
+
 def train(a: argparse.Namespace) -> Path:
     """Train to ``--steps``, or to the steps that fit ``--minutes`` of optimisation time (measured
     first, so that the cosine schedule ends with the run); gathering batches is timed apart and not
@@ -79,6 +100,7 @@ def train(a: argparse.Namespace) -> Path:
     cfg.delta_actions = "delta" in control
     cfg.env_kwargs = make_env_kwargs(info) if info else {}
     cfg.task = info.get("env_id", "")
+    locator = _locator(a.locator, cfg.state_dim) if a.locator else None
     windows = DPWindows(ds, cfg.obs_horizon, cfg.pred_horizon, cfg.delta_actions)
     net = DiffusionPolicyNet(cfg)
     net.set_stats(ds.stats)
@@ -140,10 +162,11 @@ def train(a: argparse.Namespace) -> Path:
     _save_trainer(out, step, planned, net, ema, opt, sched, elapsed, load_s)
     final = copy.deepcopy(net)
     final.load_state_dict(ema.module.state_dict())
-    path = save_policy(final, out / "final")
+    path = save_policy(final, out / "final", locator)
     summary = {"steps": step, "planned_steps": planned, "minutes": elapsed / 60, "load_minutes": load_s / 60,
                "final_lr": sched.get_last_lr()[0], "batch_size": a.batch_size, "threads": a.threads,
-               "parameters": n_params, "demos": ds.num_episodes, "windows": len(windows), "data": str(a.data)}
+               "parameters": n_params, "demos": ds.num_episodes, "windows": len(windows), "data": str(a.data),
+               "locator": a.locator}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {path}: {step} steps in {summary['minutes']:.1f} min of optimisation "
           f"(+{summary['load_minutes']:.1f} min gathering batches)", file=sys.stderr)
@@ -189,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-episodes", type=int, default=None,
                    help="the first N of par-train's training episodes (as par-train --train-episodes)")
+    t.add_argument("--locator", default=None,
+                   help="a located PAR policy (folder or name, e.g. par-stackcube) whose object locator the policy "
+                        "acts through, on privileged demos")
     t.add_argument("--no-progress", action="store_true")
     e = sub.add_parser("eval", help="success rate with par-eval's loop and seeds")
     e.add_argument("--policy", required=True)

@@ -8,6 +8,10 @@ Per env the policy keeps the last ``obs_horizon`` observations (the first one re
 episode's start) and a queue of actions; when the queue is empty it samples a sequence of
 ``pred_horizon`` actions and queues ``act_horizon`` of them, from the one aligned with the newest
 observation on (ManiSkill's recipe).
+
+A policy trained on privileged task state (StackCube's cube poses) can carry an object locator
+(``par-locate``'s, in ``locator/`` as in a PAR checkpoint): it is then given the plain state and the
+locator completes it from the frame, exactly as a located :class:`par_agent.PARPolicy` does.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from experiments.baselines.dp_model import DiffusionPolicyNet, DPConfig
 from par_agent.atomic import atomic_folder
+from par_agent.models.locator import ObjectLocator, load_locator, save_locator
 from par_agent.policy import torch_threads
 
 
@@ -53,8 +58,13 @@ def sample_actions(net: DiffusionPolicyNet, scheduler, frames: torch.Tensor, sta
 class DPPolicy:
     """SB3's ``predict`` contract over a :class:`DiffusionPolicyNet` (CPU)."""
 
-    def __init__(self, net: DiffusionPolicyNet, seed: int = 0, num_threads: int | None = 1) -> None:
+    def __init__(self, net: DiffusionPolicyNet, seed: int = 0, num_threads: int | None = 1,
+                 locator: ObjectLocator | None = None) -> None:
+        if locator is not None and locator.cfg.privileged_dim != net.cfg.state_dim:
+            raise ValueError(f"the locator rebuilds a state of {locator.cfg.privileged_dim} numbers; this Diffusion "
+                             f"Policy reads {net.cfg.state_dim}")
         self.net = net.eval()
+        self.locator = locator.eval() if locator is not None else None
         self.cfg = net.cfg
         self.scheduler = make_scheduler(self.cfg)
         self.seed, self.num_threads = seed, num_threads
@@ -63,8 +73,15 @@ class DPPolicy:
 
     @property
     def env_kwargs(self) -> dict[str, Any]:
-        """``make_env`` keyword arguments of the env the policy was trained for."""
-        return {"camera_size": self.cfg.image_size, **self.cfg.env_kwargs}
+        """``make_env`` keyword arguments of the env the policy was trained for; with a locator the
+        plain ``obs_mode="rgb"`` (the locator rebuilds the privileged fields)."""
+        kw = {"camera_size": self.cfg.image_size, **self.cfg.env_kwargs}
+        return {**kw, "obs_mode": "rgb"} if self.locator is not None else kw
+
+    @property
+    def state_dim(self) -> int:
+        """Size of the state the policy is given: the net's, or the plain state its locator completes."""
+        return self.locator.cfg.plain_dim if self.locator is not None else self.cfg.state_dim
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **kwargs) -> "DPPolicy":
@@ -73,7 +90,7 @@ class DPPolicy:
             raise FileNotFoundError(f"{folder}: not a Diffusion Policy checkpoint (no config.json)")
         net = DiffusionPolicyNet(DPConfig.from_dict(json.loads((folder / "config.json").read_text())))
         net.load_state_dict(load_file(folder / "model.safetensors"))
-        return cls(net, **kwargs)
+        return cls(net, locator=load_locator(folder), **kwargs)
 
     def reset(self, n_envs: int) -> None:
         self.n_envs = n_envs
@@ -93,9 +110,12 @@ class DPPolicy:
         batched = rgb.ndim == 4
         if not batched:
             rgb, st = rgb[None], st[None]
-        if rgb.shape[1:] != (self.cfg.image_size, self.cfg.image_size, 3) or st.shape[1:] != (self.cfg.state_dim,):
+        if rgb.shape[1:] != (self.cfg.image_size, self.cfg.image_size, 3) or st.shape[1:] != (self.state_dim,):
             raise ValueError(f"observation shapes rgb {rgb.shape}, state {st.shape}; this policy takes "
-                             f"rgb (n, {self.cfg.image_size}, {self.cfg.image_size}, 3) and state (n, {self.cfg.state_dim})")
+                             f"rgb (n, {self.cfg.image_size}, {self.cfg.image_size}, 3) and state (n, {self.state_dim})")
+        if self.locator is not None:  # the privileged fields the net reads, from the frames
+            with torch_threads(self.num_threads), torch.no_grad():
+                st = self.locator.complete_state(torch.from_numpy(rgb), torch.from_numpy(st)).numpy()
         n = rgb.shape[0]
         if n != self.n_envs:
             self.reset(n)
@@ -122,10 +142,13 @@ class DPPolicy:
         return (out if batched else out[0]), state
 
 
-def save_policy(net: DiffusionPolicyNet, folder: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` into ``folder`` (atomically: a temporary folder renamed)."""
+def save_policy(net: DiffusionPolicyNet, folder: str | Path, locator: ObjectLocator | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (and ``locator/``) into ``folder`` (atomically: a
+    temporary folder renamed)."""
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         (tmp / "config.json").write_text(json.dumps(net.cfg.to_dict(), indent=2) + "\n")
         save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, tmp / "model.safetensors")
+        if locator is not None:
+            save_locator(locator, tmp)
     return folder
