@@ -28,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from experiments.compare import paired
 from par_agent.evaluate import wilson_ci95
 from par_agent.precision import PRECISIONS
 
@@ -87,24 +88,6 @@ def run(a: argparse.Namespace) -> None:
             for cmd in commands(a.data, a.out, arm, count, inits[arm], a.episodes, a.threads, a.precision):
                 print("[data-efficiency] " + " ".join(cmd[1:]), flush=True)
                 subprocess.run(cmd, check=True)
-
-
-def _reached(row: dict, subgoal: str | None) -> bool:
-    return bool(row["success"] if subgoal is None else row.get("reached", {}).get(subgoal, False))
-
-
-def paired(a: dict, b: dict, subgoal: str | None = None) -> dict:
-    """Seeds only ``a`` solved against seeds only ``b`` solved (or reached ``subgoal``, e.g.
-    ``is_grasped``, when given), with the exact two-sided sign test."""
-    from scipy.stats import binomtest
-
-    sa = {r["seed"]: _reached(r, subgoal) for r in a["per_seed"]}
-    sb = {r["seed"]: _reached(r, subgoal) for r in b["per_seed"]}
-    common = sorted(set(sa) & set(sb))
-    only_a = sum(sa[s] and not sb[s] for s in common)
-    only_b = sum(sb[s] and not sa[s] for s in common)
-    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
-    return {"seeds": len(common), "only_first": only_a, "only_second": only_b, "sign_test_p": p}
 
 
 def collect(out: Path) -> dict:

@@ -161,3 +161,37 @@ def test_data_efficiency_plans_par_train_runs_and_reports_paired_points(tmp_path
     assert (tmp_path / "d.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="ARM:N=REPORT"):
         de.parse_reuse(["video=x.json"])
+
+
+def test_compare_joins_a_policys_reports_and_pairs_policies_seed_by_seed(tmp_path):
+    """experiments/compare.py: reports on disjoint seeds join into one policy; each policy is paired
+    with the first on success and subgoals; overlapping seeds, another task and a missing file are
+    refused by name."""
+    import json
+
+    from experiments import compare
+
+    def report(path, first_seed, successes, task="StackCube-v1"):
+        rows = [{"seed": first_seed + i, "success": bool(s), "reached": {"is_grasped": bool(s) or i % 2 == 0}}
+                for i, s in enumerate(successes)]
+        path.write_text(json.dumps({"task": task, "per_seed": rows}))
+        return str(path)
+
+    a1 = report(tmp_path / "a1.json", 0, [1, 1, 0])
+    a2 = report(tmp_path / "a2.json", 3, [1, 0, 0])
+    b = report(tmp_path / "b.json", 0, [0, 1, 0, 0, 0, 1])
+    s = compare.main([f"par={a1}+{a2}", f"dp={b}", "--subgoals", "is_grasped", "--out", str(tmp_path / "c.json")])
+    assert json.loads((tmp_path / "c.json").read_text()) == s
+    par, dp = s["policies"]["par"], s["policies"]["dp"]
+    assert par["episodes"] == 6 and par["seeds"] == [0, 5] and par["success"]["count"] == 3
+    assert par["success"]["ci95"][0] < 0.5 < par["success"]["ci95"][1]
+    # par alone solves seeds 0 and 3, dp alone seed 5; grasps: par 0,1,2,3,4 / dp 0,1,2,4,5
+    assert dp["paired"]["success"] == {"seeds": 6, "only_first": 2, "only_second": 1, "sign_test_p": 1.0}
+    assert (dp["paired"]["is_grasped"]["only_first"], dp["paired"]["is_grasped"]["only_second"]) == (1, 1)
+    with pytest.raises(SystemExit, match="seed 0 is in two of"):
+        compare.main([f"par={a1}+{a1}", f"dp={b}"])
+    with pytest.raises(SystemExit, match="different tasks"):
+        compare.main([f"par={a1}", f"dp={report(tmp_path / 'p.json', 0, [1], task='PickCube-v1')}"])
+    with pytest.raises(SystemExit, match="no report at"):
+        compare.main([f"par={tmp_path / 'missing.json'}", f"dp={b}"])
+    assert not (tmp_path / "missing.json").exists()
