@@ -3,7 +3,7 @@
 #
 #   PRECISION=bf16 bash examples/rebuild_checkpoint.sh par-pickcube   # tokenizer, video model, fine-tuning: 22 min on 2 cores
 #   VIDEO=par-video-pickcube bash examples/rebuild_checkpoint.sh par-pickcube   # fine-tuning only, from the shipped video model
-#   bash examples/rebuild_checkpoint.sh par-pushcube     # the same recipe on data/pushcube-joint (not run end to end)
+#   PRECISION=bf16 bash examples/rebuild_checkpoint.sh par-pushcube   # the same recipe on data/pushcube-joint: 20 min
 #   bash examples/rebuild_checkpoint.sh par-stackcube    # fine-tuning from par-pickcube, then par-locate: about 65 min
 #   OUT=runs/rebuild EVAL=1 bash examples/rebuild_checkpoint.sh par-pickcube   # and par-eval on 100 seeds
 #

@@ -80,3 +80,25 @@ def test_train_save_load_and_evaluate(pickcube_ee_demo, tmp_path):
     assert report["n_episodes"] == 2 and report["env"]["control_mode"] == "pd_ee_delta_pos"
     assert [r["length"] for r in report["per_seed"]] == [12, 12]
     assert report["policy"]["name"] == "diffusion_policy"
+
+
+def test_budget_counts_each_stages_steps_at_its_median_pace(tmp_path, capsys):
+    """The budget rule's minutes: steps x the median seconds a step between logged train/loss rows, so a
+    pause (here 600 s between steps 20 and 30) does not count; other rows are ignored."""
+    from experiments.baselines.budget import main as budget
+
+    def metrics(stage, rows):
+        (tmp_path / "run" / stage).mkdir(parents=True)
+        lines = ["step,name,value,time"] + [f"{s},{n},0.5,{t}" for s, n, t in rows]
+        (tmp_path / "run" / stage / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+    metrics("tokenizer", [(10, "train/loss", 100.0), (20, "train/loss", 103.0), (30, "train/loss", 703.0),
+                          (40, "train/loss", 706.0), (40, "val/psnr", 900.0)])
+    metrics("finetune", [(10, "train/loss", 0.0), (20, "train/loss", 6.0), (30, "train/loss", 12.0)])
+    assert abs(budget([str(tmp_path / "run")]) - (40 * 0.3 + 30 * 0.6) / 60) < 1e-9
+    assert capsys.readouterr().out.strip() == "0.5"
+    metrics("pretrain-video", [(10, "train/loss", 0.0)])
+    with pytest.raises(SystemExit, match="fewer than two logged train/loss rows"):
+        budget([str(tmp_path / "run")])
+    with pytest.raises(SystemExit, match="no stage folder with a metrics.csv"):
+        budget([str(tmp_path / "none")])
