@@ -102,3 +102,22 @@ def test_budget_counts_each_stages_steps_at_its_median_pace(tmp_path, capsys):
         budget([str(tmp_path / "run")])
     with pytest.raises(SystemExit, match="no stage folder with a metrics.csv"):
         budget([str(tmp_path / "none")])
+
+
+@pytest.mark.maniskill
+def test_a_budget_of_minutes_is_replanned_on_the_pace_of_whole_steps(pickcube_ee_demo, tmp_path, monkeypatch):
+    """After the first estimate the plan is measured again on steps REPLAN_FROM..REPLAN_AT (within
+    the warm-up, whose rate does not depend on the plan), and the cosine schedule ends with the new plan."""
+    from experiments.baselines import diffusion_policy as dp
+
+    monkeypatch.setattr(dp, "REPLAN_FROM", 2)
+    monkeypatch.setattr(dp, "REPLAN_AT", 4)
+    out = tmp_path / "dp"
+    assert dp.main(["train", "--data", str(pickcube_ee_demo), "--out", str(out), "--minutes", "0.1", "--warmup", "5",
+                    "--batch-size", "2", "--unet-dims", "8", "16", "--threads", "1", "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    plan = summary["plan"]
+    assert plan["replanned_at"] == 4 and plan["warmup"] == 5 and plan["replanned_s"] > 0
+    assert summary["planned_steps"] == max(5, int(60 * 0.1 / plan["replanned_s"]))
+    if summary["steps"] == summary["planned_steps"]:
+        assert summary["final_lr"] < 1e-6  # the re-planned schedule ran to its end

@@ -8,7 +8,8 @@ models learn from the same demos) with :class:`par_agent.data.PhysicalStepDatase
 windows from them (:mod:`experiments.baselines.dp_data`: episode starts padded, as the policy meets
 them), records the demos' env (``make_env`` keyword arguments) in the checkpoint, and trains for
 ``--steps``, or for as many steps as fit ``--minutes`` of optimisation time: it measures a step
-first and sizes the cosine schedule to that count, so the learning rate anneals within the budget.
+first, sizes the cosine schedule to that count and re-plans it on the pace of its first 200 whole
+steps (still in the warm-up), so the learning rate anneals as the budget ends.
 Gathering batches is timed apart (``summary.json``: ``load_minutes``). The budget rule for the
 comparison with PAR (docs/RESULTS.md): the same total minutes, PAR's tokenizer and video
 pretraining included. It checkpoints atomically every ``--ckpt-minutes`` and resumes from
@@ -41,9 +42,16 @@ from experiments.baselines.dp_policy import DPPolicy, make_scheduler, save_polic
 from par_agent.atomic import atomic_folder
 
 
-def _save_trainer(out: Path, step: int, planned: int, net, ema, opt, sched, elapsed: float, load_s: float) -> None:
+REPLAN_FROM, REPLAN_AT = 20, 200
+"""Under a budget of minutes the plan is measured again on the optimisation time of steps 20-200
+(all of a step: forward, backward, update, EMA), still within the warm-up, where the rate does not
+depend on the plan: so the cosine schedule ends with the budget, not with the first estimate."""
+
+
+def _save_trainer(out: Path, step: int, planned: int, net, ema, opt, sched, elapsed: float, load_s: float,
+                  plan: dict) -> None:
     with atomic_folder(out / "latest") as tmp:
-        torch.save({"step": step, "planned_steps": planned, "net": net.state_dict(), "ema": ema.state_dict(),
+        torch.save({"step": step, "planned_steps": planned, "plan": plan, "net": net.state_dict(), "ema": ema.state_dict(),
                     "opt": opt.state_dict(), "sched": sched.state_dict(), "elapsed_s": elapsed, "load_s": load_s,
                     "rng": torch.get_rng_state()}, tmp / "trainer.pt")
         (tmp / "config.json").write_text(json.dumps(net.cfg.to_dict(), indent=2) + "\n")
@@ -108,6 +116,7 @@ def train(a: argparse.Namespace) -> Path:
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(a.ema))
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, betas=(0.95, 0.999), weight_decay=1e-6)
     step, elapsed, load_s, planned = 0, 0.0, 0.0, a.steps
+    plan: dict = {}  # how the steps were planned: first estimate, warm-up, re-planned count
     resume = out / "latest" / "trainer.pt"
     st = torch.load(resume, weights_only=False) if resume.is_file() else None
     if st is not None:
@@ -116,12 +125,15 @@ def train(a: argparse.Namespace) -> Path:
         step, elapsed, load_s = st["step"], st["elapsed_s"], st.get("load_s", 0.0)
         # a budget of minutes keeps the schedule it measured; a count of steps is the one asked for now
         planned = st.get("planned_steps", a.steps) if math.isfinite(a.minutes) else a.steps
+        plan = st.get("plan", {}) if math.isfinite(a.minutes) else {}
     elif math.isfinite(a.minutes):
         g0 = torch.Generator().manual_seed(a.seed + 1)
         per_step = measure_step_s(net, windows, scheduler, a.batch_size, 10, g0) * 1.15  # + the update and EMA
         planned = max(1, min(a.steps, int(60 * a.minutes / per_step)))
+        plan = {"first_estimate_steps": planned, "first_estimate_s": per_step}
         print(f"about {per_step:.3f} s a step: {planned} steps fit {a.minutes:g} min", file=sys.stderr)
-    sched = get_cosine_schedule_with_warmup(opt, min(a.warmup, planned // 10 + 1), planned)
+    warmup = plan.setdefault("warmup", min(a.warmup, planned // 10 + 1))
+    sched = get_cosine_schedule_with_warmup(opt, warmup, planned)
     if st is not None:
         net.load_state_dict(st["net"]), ema.load_state_dict(st["ema"]), opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
@@ -136,6 +148,8 @@ def train(a: argparse.Namespace) -> Path:
     last_ckpt = time.time()
     bar = tqdm(total=planned, initial=step, desc="dp train", disable=a.no_progress)
     net.train()
+    replan = math.isfinite(a.minutes) and "replanned_at" not in plan and REPLAN_AT <= warmup and planned > REPLAN_AT
+    elapsed_from = elapsed if step == REPLAN_FROM else None
     while step < planned and elapsed < 60 * a.minutes * 1.25:  # the measured plan, with a margin
         t = time.perf_counter()
         frames, states, actions = windows.batch(torch.randint(0, len(windows), (a.batch_size,), generator=g).numpy())
@@ -151,19 +165,28 @@ def train(a: argparse.Namespace) -> Path:
         elapsed += time.perf_counter() - t1
         step += 1
         bar.update(1)
+        if replan and step == REPLAN_FROM:
+            elapsed_from = elapsed
+        if replan and step == REPLAN_AT and elapsed_from is not None:  # the pace of whole steps; in the warm-up the rate is the same either way
+            pace = (elapsed - elapsed_from) / (REPLAN_AT - REPLAN_FROM)
+            planned = max(step + 1, min(a.steps, int(60 * a.minutes / pace)))
+            plan.update(replanned_at=step, replanned_s=pace)
+            sched = get_cosine_schedule_with_warmup(opt, warmup, planned, last_epoch=step - 1)
+            bar.total = planned
+            print(f"re-planned at step {step}: {pace:.3f} s a step, {planned} steps fit {a.minutes:g} min", file=sys.stderr)
         if step % 100 == 0:
             log.write(f"{step},loss,{loss.item():.6f},{elapsed:.1f}\n")
             log.flush()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if time.time() - last_ckpt > 60 * a.ckpt_minutes:
-            _save_trainer(out, step, planned, net, ema, opt, sched, elapsed, load_s)
+            _save_trainer(out, step, planned, net, ema, opt, sched, elapsed, load_s, plan)
             last_ckpt = time.time()
     bar.close()
-    _save_trainer(out, step, planned, net, ema, opt, sched, elapsed, load_s)
+    _save_trainer(out, step, planned, net, ema, opt, sched, elapsed, load_s, plan)
     final = copy.deepcopy(net)
     final.load_state_dict(ema.module.state_dict())
     path = save_policy(final, out / "final", locator)
-    summary = {"steps": step, "planned_steps": planned, "minutes": elapsed / 60, "load_minutes": load_s / 60,
+    summary = {"steps": step, "planned_steps": planned, "plan": plan, "minutes": elapsed / 60, "load_minutes": load_s / 60,
                "final_lr": sched.get_last_lr()[0], "batch_size": a.batch_size, "threads": a.threads,
                "parameters": n_params, "demos": ds.num_episodes, "windows": len(windows), "data": str(a.data),
                "locator": a.locator}
