@@ -80,6 +80,7 @@ def test_train_save_load_and_evaluate(pickcube_ee_demo, tmp_path):
     assert report["n_episodes"] == 2 and report["env"]["control_mode"] == "pd_ee_delta_pos"
     assert [r["length"] for r in report["per_seed"]] == [12, 12]
     assert report["policy"]["name"] == "diffusion_policy"
+    assert report["training"]["steps"] == 5  # train's summary.json, beside the policy it evaluated
 
 
 def test_budget_counts_each_stages_steps_at_its_median_pace(tmp_path, capsys):
