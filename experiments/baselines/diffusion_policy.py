@@ -9,7 +9,7 @@ windows from them (:mod:`experiments.baselines.dp_data`: episode starts padded, 
 them), records the demos' env (``make_env`` keyword arguments) in the checkpoint, and trains for
 ``--steps``, or for as many steps as fit ``--minutes`` of optimisation time: it measures a step
 first, sizes the cosine schedule to that count and re-plans it on the pace of its whole steps
-200-450 (still in the warm-up; the first steps run slower), so the learning rate anneals as the budget ends.
+200-450 (still in the warm-up), so the learning rate anneals as the budget ends.
 Gathering batches is timed apart (``summary.json``: ``load_minutes``). The budget rule for the
 comparison with PAR (docs/RESULTS.md): the same total minutes, PAR's tokenizer and video
 pretraining included. It checkpoints atomically every ``--ckpt-minutes`` and resumes from
@@ -44,9 +44,10 @@ from par_agent.atomic import atomic_folder
 
 REPLAN_FROM, REPLAN_AT = 200, 450
 """Under a budget of minutes the plan is measured again on the optimisation time of steps 200-450
-(all of a step: forward, backward, update, EMA; the first 200 run about 20% slower), still within
-the warm-up, where the rate does not depend on the plan: so the cosine schedule ends with the
-budget, not with the first estimate."""
+(all of a step: forward, backward, update, EMA; past the first steps' warm-up of caches and
+allocator), still within the learning-rate warm-up, where the rate does not depend on the plan:
+so the cosine schedule ends with the budget, not with the first estimate (10 forward and backward
+passes plus 15% for the update, which was 15% slow on PushCube and 4% fast on PickCube)."""
 
 
 def _save_trainer(out: Path, step: int, planned: int, net, ema, opt, sched, elapsed: float, load_s: float,
