@@ -4,7 +4,9 @@
     python -m experiments.compare par=results/a_0_49.json+results/a_50_99.json dp=results/b.json
 
 Each ``NAME=REPORT[+REPORT...]`` is one policy; reports joined by ``+`` are one policy's evaluations
-on disjoint seeds (an evaluation extended to more seeds), and a seed in two of them is an error. For
+on disjoint seeds (an evaluation extended to more seeds), and a seed in two of them is an error. A
+report may also be the episode log of an unfinished ``par-eval --out R.json`` (``R.json.episodes.jsonl``):
+its finished episodes count, and the summary lists them as such. For
 each policy: success and each subgoal's rate over its seeds, with 95% Wilson intervals; and against
 the first policy, on the seeds both ran, the seeds only one of them solved (or reached the subgoal)
 with the exact two-sided sign test. The summary is printed and, with ``--out``, written as JSON.
@@ -38,13 +40,31 @@ def paired(a: dict, b: dict, subgoal: str | None = None) -> dict:
     return {"seeds": len(common), "only_first": only_a, "only_second": only_b, "sign_test_p": p}
 
 
+def _read_log(path: Path) -> dict:
+    """The finished episodes of an unfinished par-eval's log (a header line naming the run, then one
+    episode a line; a line cut by the interruption is left out) as a report."""
+    lines = path.read_text().splitlines()
+    try:
+        header = json.loads(lines[0])["run"]
+    except (IndexError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a par-eval episode log (its first line names no run)") from e
+    rows = []
+    for n, line in enumerate(lines[1:], 2):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines):
+                raise ValueError(f"{path}: line {n} is not JSON") from None
+    return {"task": header.get("task"), "per_seed": rows}
+
+
 def join_reports(paths: list[Path]) -> dict:
     """One policy's reports on disjoint seeds as one: ``{"task", "per_seed", "sources"}``."""
     rows, tasks = {}, set()
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"no report at {path}")
-        r = json.loads(path.read_text())
+        r = _read_log(path) if path.name.endswith(".episodes.jsonl") else json.loads(path.read_text())
         if "per_seed" not in r:
             raise ValueError(f"{path}: not a par-eval report (no per_seed)")
         tasks.add(r.get("task"))

@@ -188,6 +188,12 @@ def test_compare_joins_a_policys_reports_and_pairs_policies_seed_by_seed(tmp_pat
     # par alone solves seeds 0 and 3, dp alone seed 5; grasps: par 0,1,2,3,4 / dp 0,1,2,4,5
     assert dp["paired"]["success"] == {"seeds": 6, "only_first": 2, "only_second": 1, "sign_test_p": 1.0}
     assert (dp["paired"]["is_grasped"]["only_first"], dp["paired"]["is_grasped"]["only_second"]) == (1, 1)
+    # an unfinished par-eval's episode log: its finished episodes, a line cut by the interruption left out
+    log = tmp_path / "b.json.episodes.jsonl"
+    rows = json.loads((tmp_path / "b.json").read_text())["per_seed"]
+    log.write_text("\n".join(json.dumps(x) for x in [{"run": {"task": "StackCube-v1"}}, *rows[:4]]) + '\n{"seed": 4, "suc')
+    part = compare.main([f"par={a1}+{a2}", f"dp={log}"])["policies"]["dp"]
+    assert part["episodes"] == 4 and part["paired"]["success"]["seeds"] == 4
     with pytest.raises(SystemExit, match="seed 0 is in two of"):
         compare.main([f"par={a1}+{a1}", f"dp={b}"])
     with pytest.raises(SystemExit, match="different tasks"):
