@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from par_agent.atomic import replace_text
-from par_agent.evaluate import wilson_ci95
+from par_agent.evaluate import read_episode_log, wilson_ci95
 
 
 def _reached(row: dict, subgoal: str | None) -> bool:
@@ -41,21 +41,13 @@ def paired(a: dict, b: dict, subgoal: str | None = None) -> dict:
 
 
 def _read_log(path: Path) -> dict:
-    """The finished episodes of an unfinished par-eval's log (a header line naming the run, then one
-    episode a line; a line cut by the interruption is left out) as a report."""
-    lines = path.read_text().splitlines()
-    try:
-        header = json.loads(lines[0])["run"]
-    except (IndexError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a par-eval episode log (its first line names no run)") from e
-    rows = []
-    for n, line in enumerate(lines[1:], 2):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines):
-                raise ValueError(f"{path}: line {n} is not JSON") from None
-    return {"task": header.get("task"), "per_seed": rows}
+    """The finished episodes of an unfinished par-eval's log (:func:`par_agent.evaluate.read_episode_log`)
+    as a report."""
+    lines, _ = read_episode_log(path)
+    header = lines[0].get("run") if lines and isinstance(lines[0], dict) else None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a par-eval episode log (its first line names no run)")
+    return {"task": header.get("task"), "per_seed": lines[1:]}
 
 
 def join_reports(paths: list[Path]) -> dict:

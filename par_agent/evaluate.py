@@ -59,6 +59,20 @@ def parse_seeds(text: str | None, n: int) -> list[int]:
     return seeds
 
 
+def read_episode_log(path: str | Path) -> tuple[list[dict], bool]:
+    """The records of a ``par-eval`` episode log (header first) and whether its last line was cut by
+    an interruption (that line left out); a bad line before the last is an error naming it."""
+    text = Path(path).read_text().splitlines()
+    lines = []
+    for n, line in enumerate(text):
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(text) - 1:
+                raise ValueError(f"{path}: line {n + 1} is not JSON; delete the file to start over")
+    return lines, len(lines) < len(text)
+
+
 class EpisodeLog:
     """Finished episodes of a ``par-eval`` run, one JSON line each after a header naming the run, so that
     an interrupted evaluation resumes where it stopped. A log written for another run (other policy,
@@ -68,18 +82,11 @@ class EpisodeLog:
         self.path, self.header = Path(path), json.loads(json.dumps(header))
         self.finished: list[dict] = []
         if self.path.is_file():
-            text = self.path.read_text().splitlines()
-            lines = []
-            for n, line in enumerate(text):
-                try:
-                    lines.append(json.loads(line))
-                except json.JSONDecodeError:
-                    if n < len(text) - 1:
-                        raise ValueError(f"{self.path}: line {n + 1} is not JSON; delete the file to start over")
+            lines, cut = read_episode_log(self.path)
             if not lines or lines[0] != {"run": self.header}:
                 raise ValueError(f"{self.path} holds episodes of another evaluation ({lines[0] if lines else 'empty'}; "
                                  f"this one is {self.header}); delete it or write the report elsewhere")
-            if len(lines) < len(text):  # the last line was cut by the interruption: that episode runs again
+            if cut:  # the last line was cut by the interruption: that episode runs again
                 replace_text(self.path, "".join(json.dumps(r) + "\n" for r in lines))
             self.finished = lines[1:]
         else:
