@@ -3,12 +3,12 @@
 #
 #   PRECISION=bf16 bash examples/rebuild_checkpoint.sh par-pickcube   # tokenizer, video model, fine-tuning: 22 min on 2 cores
 #   VIDEO=par-video-pickcube bash examples/rebuild_checkpoint.sh par-pickcube   # fine-tuning only (float32), from the shipped video model: 25.5 min
-#
-# bf16 is 1.5x faster, but PickCube's fine-tuning in bf16 succeeded 10 points less often than in float32
-# (docs/RESULTS.md, "Rebuilding a shipped checkpoint"); the shipped recipe is float32 (the CPU's auto).
 #   PRECISION=bf16 bash examples/rebuild_checkpoint.sh par-pushcube   # the same recipe on data/pushcube-joint: 20 min
 #   bash examples/rebuild_checkpoint.sh par-stackcube    # fine-tuning from par-pickcube, then par-locate: about 65 min
 #   OUT=runs/rebuild EVAL=1 bash examples/rebuild_checkpoint.sh par-pickcube   # and par-eval on 100 seeds
+#
+# bf16 is 1.5x faster, but PickCube's fine-tuning in bf16 succeeded 10 points less often than in float32
+# (docs/RESULTS.md, "Rebuilding a shipped checkpoint"); the shipped recipe is float32 (the CPU's auto).
 #
 # Every step resumes when the script runs again (par-train continues from its last checkpoint; a
 # finished stage's final/ folder is kept). The result lands in $OUT/<name>/final; compare it with the
