@@ -17,7 +17,12 @@ SHIPPED = {"par-pickcube": "pickcube-ee-fov08", "par-stackcube": "stackcube-ee-f
 
 
 def present(name: str) -> Path:
-    path = DATA / SHIPPED[name]
+    """The demo folder of shipped checkpoint ``name``, or a skip where this checkout lacks it."""
+    return in_checkout(SHIPPED[name])
+
+
+def in_checkout(folder: str) -> Path:
+    path = DATA / folder
     if not (path / "meta.json").is_file():
         pytest.skip(f"{path} is not in this checkout (docs/DATA.md: the shipped demos)")
     return path
@@ -97,12 +102,12 @@ def test_the_shipped_video_model_loads_by_name_and_is_refused_as_a_policy():
         PARPolicy.from_pretrained("par-video-pickcube")
 
 
-
 def _grasps_per_demo(folder: Path) -> np.ndarray:
     """How often each demo's gripper action turns to closing (< 0), from the arrays alone (no video)."""
     counts = []
     for ep in read_compact_meta(folder)["episodes"]:
-        closed = np.load(folder / ep["arrays"])["actions"][:, -1] < 0
+        with np.load(folder / ep["arrays"]) as arrays:
+            closed = arrays["actions"][:, -1] < 0
         counts.append(int(closed[0]) + int((closed[1:] & ~closed[:-1]).sum()))
     return np.array(counts)
 
@@ -111,10 +116,7 @@ def test_the_retry_demos_close_the_gripper_twice_in_about_half_and_the_planners_
     """data/pickcube-ee-fov08-retry50 (experiments/retry_demos.py, --miss-fraction 0.5): about half of
     its demos grasp twice (a miss beside the cube, then ManiSkill's grasp); the planner's own demos of
     the same seeds in data/pickcube-ee-fov08 grasp exactly once."""
-    retry, plain = DATA / "pickcube-ee-fov08-retry50", DATA / "pickcube-ee-fov08"
-    for folder in (retry, plain):
-        if not (folder / "meta.json").is_file():
-            pytest.skip(f"{folder} is not in this checkout")
+    retry, plain = in_checkout("pickcube-ee-fov08-retry50"), present("par-pickcube")
     twice = _grasps_per_demo(retry)
     assert len(twice) == 249 and set(np.unique(twice)) == {1, 2} and 0.35 < (twice == 2).mean() < 0.65
     assert set(np.unique(_grasps_per_demo(plain))) == {1}
