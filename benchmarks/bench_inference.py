@@ -15,6 +15,10 @@ config's own history, evictions included) / K. On the CPU the chunk's FLOPs (``F
 are set against this machine's float32 and bfloat16 matmul rates, measured in the same run.
 Weights are random: timing does not depend on them.
 
+``--graphs`` serves the steady-state rollout through ``ChunkGraphs``: on CUDA each lockstep chunk
+(act, then a commit that does not evict) is two CUDA graph replays; evicting commits stay eager
+(``mean_ms_per_chunk`` counts them, the median does not). The per-context table is skipped.
+
 ``--compile MODE`` compiles the two diffusion heads (``torch.compile(head, mode=MODE)``): they run
 ``num_inference_steps`` times per chunk on shapes fixed by the batch, so ``reduce-overhead`` replays
 them as CUDA graphs. The backbone sees a context that grows and is evicted, and stays eager.
@@ -58,11 +62,15 @@ def _noise(cfg: PARConfig, batch: int, device: torch.device):
 
 
 @torch.no_grad()
-def chunk(model: PhysicalAutoregressiveModel, ctx, rows: list[int], obs=None) -> None:
-    """One control chunk of every row: imagine, act, commit the next observation (the policy's calls)."""
+def chunk(model: PhysicalAutoregressiveModel, ctx, rows: list[int], obs=None, graphs=None) -> None:
+    """One control chunk of every row: imagine, act, commit the next observation (the policy's calls),
+    through ``graphs`` (a ``ChunkGraphs`` of ``ctx``) where they serve it."""
     cfg, dev = model.cfg, model.device
-    a, _ = model.act(ctx, rows, *_noise(cfg, len(rows), dev))
-    model.commit(ctx, rows, a, *(obs or _obs(cfg, len(rows), dev)))
+    noise = _noise(cfg, len(rows), dev)
+    a, _ = graphs.act(*noise) if graphs is not None else model.act(ctx, rows, *noise)
+    obs = obs or _obs(cfg, len(rows), dev)
+    if graphs is None or not graphs.commit(a, *obs):
+        model.commit(ctx, rows, a, *obs)
 
 
 @torch.no_grad()
@@ -81,17 +89,21 @@ def time_chunks(model: PhysicalAutoregressiveModel, context: int, batch: int, re
     return median_chunk_ms(model, ctx, rows, repeats, after=restore)
 
 
-def median_chunk_ms(model: PhysicalAutoregressiveModel, ctx, rows: list[int], repeats: int, after=None) -> float:
-    """Median ms of ``repeats`` chunks of ``rows`` (``after()`` runs untimed after each)."""
+def median_chunk_ms(model: PhysicalAutoregressiveModel, ctx, rows: list[int], repeats: int, after=None,
+                    graphs=None, times_out: list | None = None) -> float:
+    """Median ms of ``repeats`` chunks of ``rows`` (``after()`` runs untimed after each); each chunk's
+    seconds are appended to ``times_out`` when given."""
     cfg, dev = model.cfg, model.device
     times = []
     for _ in range(repeats):
         obs = _obs(cfg, len(rows), dev)
         _sync(dev)
         t0 = time.perf_counter()
-        chunk(model, ctx, rows, obs)
+        chunk(model, ctx, rows, obs, graphs)
         _sync(dev)
         times.append(time.perf_counter() - t0)
+        if times_out is not None:
+            times_out.append(times[-1])
         if after is not None:
             after()
     times.sort()
@@ -99,14 +111,19 @@ def median_chunk_ms(model: PhysicalAutoregressiveModel, ctx, rows: list[int], re
 
 
 @torch.no_grad()
-def steady_state_ms(model: PhysicalAutoregressiveModel, batch: int, chunks: int) -> float:
-    """Median ms per chunk over a rollout long enough to evict several times (after warm-up)."""
+def steady_state_ms(model: PhysicalAutoregressiveModel, batch: int, chunks: int, graphs: bool = False,
+                    times_out: list | None = None) -> float:
+    """Median ms per chunk over a rollout long enough to evict several times (after warm-up), through
+    ``ChunkGraphs`` when ``graphs``."""
+    from par_agent.models.graphs import ChunkGraphs
+
     cfg, dev = model.cfg, model.device
     ctx, rows = model.new_contexts(batch), list(range(batch))
+    cg = ChunkGraphs(model, ctx) if graphs else None
     model.start(ctx, rows, torch.zeros(batch, dtype=torch.long, device=dev), *_obs(cfg, batch, dev))
     for _ in range(cfg.history):  # warm up past the first eviction
-        chunk(model, ctx, rows)
-    return median_chunk_ms(model, ctx, rows, chunks)
+        chunk(model, ctx, rows, graphs=cg)
+    return median_chunk_ms(model, ctx, rows, chunks, graphs=cg, times_out=times_out)
 
 
 def chunk_flops(model: PhysicalAutoregressiveModel, batch: int = 1) -> int:
@@ -134,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode of the diffusion heads (none: eager)")
+    p.add_argument("--graphs", action="store_true",
+                   help="steady state through ChunkGraphs (CUDA graphs on a GPU); skips the per-context table")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     if args.threads:
@@ -144,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     long_cfg = cfg.replace(history=max(args.contexts) + 2)
     model = PhysicalAutoregressiveModel(long_cfg).to(dev).eval()
     out: dict = {"preset": args.preset, "device": str(dev), "batch": args.batch, "threads": torch.get_num_threads(),
-                 "compile": args.compile,
+                 "compile": args.compile, "graphs": args.graphs,
                  "chunk_size": cfg.chunk_size, "num_inference_steps": cfg.num_inference_steps,
                  "history": cfg.history, "params": model.num_parameters()["total"],
                  "params_by_part": model.num_parameters(), "contexts": {}}
@@ -153,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile != "none":
         compile_heads(model, args.compile)
         compile_heads(model_default, args.compile)
-    for ctx in args.contexts:
+    for ctx in [] if args.graphs else args.contexts:
         row = {}
         for cached in (True, False):
             model.set_runtime(use_kv_cache=cached)
@@ -164,8 +183,10 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.json:
             print(f"context {ctx:3d} blocks: cached {row['cached_ms']:8.1f} ms  uncached {row['uncached_ms']:8.1f} ms"
                   f"  speedup {row['speedup']:5.2f}x", file=sys.stderr)
-    ms_chunk = steady_state_ms(model_default, args.batch, args.steady_chunks)
+    times: list[float] = []
+    ms_chunk = steady_state_ms(model_default, args.batch, args.steady_chunks, args.graphs, times)
     out["ms_per_chunk"] = ms_chunk
+    out["mean_ms_per_chunk"] = 1000 * sum(times) / len(times)
     out["ms_per_control_step"] = ms_chunk / cfg.chunk_size
     if dev.type == "cpu":  # the chunk against this machine's matmul rates, measured here, now
         flops = chunk_flops(model_default, args.batch)

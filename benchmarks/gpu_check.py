@@ -15,8 +15,9 @@ ends, and one that fails is recorded with its error without stopping the others:
   policy  ``PARPolicy.from_pretrained(--policy, device=DEVICE)`` on DEMOS's recorded observations:
           cached and uncached actions agree on the device (same noise), and the device's actions are as
           close to the demos' as the CPU's (the two draw different noise).
-  bench   bench_inference at batch 1 and 64, eager and with the diffusion heads compiled
-          (``torch.compile(mode="reduce-overhead")``: CUDA graphs, on CUDA only), and bench_train with MFU.
+  bench   bench_inference at batch 1 and 64: eager; on CUDA also with the diffusion heads compiled
+          (``torch.compile(mode="reduce-overhead")``) and with whole lockstep chunks replayed as CUDA
+          graphs (``--graphs``, ``ChunkGraphs``); and bench_train with MFU.
   pytest  the model, policy and checkpoint tests with ``PAR_TEST_DEVICE=DEVICE`` (tests/helpers.py).
   scaled  par-train finetune from ``--scaled-init`` at ``--scaled-batch`` for as many steps as fit in
           ``--scaled-minutes`` (or what ``--budget-s`` leaves, less a reserve for loading the data,
@@ -45,7 +46,7 @@ import torch
 PARTS = ("train", "policy", "bench", "pytest", "scaled")
 ROOT = Path(__file__).resolve().parents[1]
 H200_BF16_PEAK_TFLOPS = 989.0  # dense bf16, NVIDIA's H200 SXM figure (for MFU)
-PYTEST_FILES = ("tests/test_model.py", "tests/test_policy.py", "tests/test_checkpoint.py", "tests/test_masks.py")
+PYTEST_FILES = ("tests/test_model.py", "tests/test_graphs.py", "tests/test_policy.py", "tests/test_checkpoint.py", "tests/test_masks.py")
 
 
 def log(msg: str) -> None:
@@ -178,11 +179,12 @@ def part_bench(a) -> dict:
     out: dict = {"inference": {}, "train": {}}
     peak = H200_BF16_PEAK_TFLOPS if torch.device(a.device).type == "cuda" else 0.0
     for batch in (1, 64):
-        for compile_mode in ("none", "reduce-overhead") if torch.device(a.device).type == "cuda" else ("none",):
-            key = f"batch{batch}_{'eager' if compile_mode == 'none' else compile_mode}"
+        for mode in a.bench_modes if torch.device(a.device).type == "cuda" else ("eager",):
+            key = f"batch{batch}_{mode}"
             argv = ["--preset", a.preset, "--device", a.device, "--batch", str(batch), "--contexts", "16",
                     "--repeats", str(a.bench_repeats), "--steady-chunks", str(a.bench_chunks), "--json",
-                    "--compile", compile_mode, "--threads", str(a.threads)]
+                    "--compile", "reduce-overhead" if mode == "reduce-overhead" else "none", "--threads", str(a.threads)]
+            argv += ["--graphs"] if mode == "graphs" else []
             try:  # its own process, under a time limit: a slow compile must not eat the scaled run's time
                 proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_inference", *argv], capture_output=True,
                                       text=True, timeout=a.bench_timeout_s, cwd=ROOT)
@@ -251,6 +253,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds kept from the scaled run's budget for loading data, validating and saving")
     p.add_argument("--bench-repeats", type=int, default=5)
     p.add_argument("--bench-chunks", type=int, default=24)
+    p.add_argument("--bench-modes", nargs="+", default=["eager", "reduce-overhead", "graphs"],
+                   choices=["eager", "reduce-overhead", "graphs"],
+                   help="inference modes on CUDA: eager; the diffusion heads compiled as CUDA graphs; whole "
+                        "lockstep chunks as CUDA graphs (ChunkGraphs)")
     p.add_argument("--bench-train-batches", type=int, nargs="+", default=[16, 256])
     p.add_argument("--bench-timeout-s", type=float, default=120.0, help="time limit of each bench_inference run")
     p.add_argument("--pytest-timeout-s", type=float, default=180.0)

@@ -24,6 +24,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from par_agent.config import PARConfig
 from par_agent.models import PhysicalAutoregressiveModel
+from par_agent.models.graphs import ChunkGraphs
 from par_agent.models.locator import ObjectLocator, load_locator, locator_from_dict, save_locator
 from par_agent.tokenizers.frames import resize_frames
 
@@ -88,13 +89,18 @@ class PARPolicy(BasePolicy):
             the context holds the M executed actions, padded to K by repeating the last, followed
             by the frame seen after them: the layout of an episode's short last block in training
             (``PhysicalStepDataset`` pads it the same way).
+        chunk_graphs: serve lockstep chunks (every env at once, no eviction) through
+            :class:`~par_agent.models.graphs.ChunkGraphs`: on a GPU the chunk's device work is
+            replayed as two CUDA graphs (``from_pretrained(..., compile=True)`` on CUDA turns this
+            on); on the CPU the same calls run eagerly (no gain). Other calls stay eager.
     """
 
     def __init__(self, model: PhysicalAutoregressiveModel | None = None, task: str | None = None,
                  observation_space: spaces.Space | None = None, action_space: spaces.Box | None = None,
                  seed: int = 0, config: PARConfig | dict | None = None, normalize_images: bool = False,
                  num_threads: int | None = 1, batch_envs: bool = True, action_horizon: int | None = None,
-                 locator: ObjectLocator | None = None, locator_config: dict | None = None) -> None:
+                 locator: ObjectLocator | None = None, locator_config: dict | None = None,
+                 chunk_graphs: bool = False) -> None:
         if (model is None) == (config is None):
             raise TypeError("PARPolicy needs exactly one of model= (a PhysicalAutoregressiveModel) or config=")
         if locator is not None and locator_config is not None:
@@ -118,6 +124,7 @@ class PARPolicy(BasePolicy):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
         self.num_threads = num_threads
+        self.chunk_graphs = chunk_graphs
         self.batch_envs = batch_envs
         K = self.cfg.chunk_size
         if action_horizon is not None and not 1 <= action_horizon <= K:
@@ -137,9 +144,10 @@ class PARPolicy(BasePolicy):
                         action_horizon: int | None = None, compile: bool = False, **overrides: Any) -> "PARPolicy":
         """Load a policy from a built-in name (``par-pushcube``), a local folder or a hub id.
 
-        ``num_threads``, ``action_horizon``: see the class docstring. ``compile=True`` compiles the two
-        diffusion heads (``model.compile_heads``): every later chunk is faster, the first calls take
-        about a minute longer; worth it for long evaluations, not for a few episodes.
+        ``num_threads``, ``action_horizon``: see the class docstring. ``compile=True`` on the CPU
+        compiles the two diffusion heads (``model.compile_heads``): every later chunk is faster, the
+        first calls take about a minute longer; worth it for long evaluations, not for a few episodes.
+        On CUDA it captures lockstep chunks as CUDA graphs instead (``chunk_graphs``).
 
         ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
         ``sampler``, ``history``, ``evict_blocks``.
@@ -153,10 +161,11 @@ class PARPolicy(BasePolicy):
                              f"cannot act; fine-tune it on demos first (par-train finetune --init {name_or_path} "
                              "--data DEMOS)")
         model = PhysicalAutoregressiveModel.from_pretrained(folder, device=device, **overrides)
-        if compile:
-            model.compile_heads("reduce-overhead" if model.device.type == "cuda" else "default")
+        graphs = compile and model.device.type == "cuda"
+        if compile and not graphs:
+            model.compile_heads("default")
         return cls(model, task=task, action_space=action_space, seed=seed, num_threads=num_threads,
-                   action_horizon=action_horizon, locator=load_locator(folder)).to(model.device)
+                   action_horizon=action_horizon, locator=load_locator(folder), chunk_graphs=graphs).to(model.device)
 
     def save_pretrained(self, folder, dtype: torch.dtype | None = None):
         """Write ``config.json`` + ``model.safetensors`` (weights, tokenizer, statistics), and the
@@ -194,6 +203,7 @@ class PARPolicy(BasePolicy):
         n = n_envs if n_envs is not None else getattr(self, "n_envs", 0)
         self.n_envs = n
         self.context = self.model.new_contexts(n)
+        self.graphs = ChunkGraphs(self.model, self.context) if getattr(self, "chunk_graphs", False) and n else None
         self.queues: list[deque] = [deque() for _ in range(n)]
         self.last_chunk: list[torch.Tensor | None] = [None] * n
         self.predicted_tokens: list[torch.Tensor | None] = [None] * n
@@ -341,13 +351,18 @@ class PARPolicy(BasePolicy):
             if deterministic:
                 for j in fresh:
                     self.generators[envs[j]] = torch.Generator(device=dev).manual_seed(self.seed)
+        lockstep = self.graphs is not None and envs == list(range(self.n_envs))
         if going:
-            model.commit(ctx, [envs[j] for j in going], torch.cat([self.last_chunk[envs[j]] for j in going]),
-                         frames[going], state[going])
+            chunk = torch.cat([self.last_chunk[envs[j]] for j in going])
+            if not (lockstep and not fresh and self.graphs.commit(chunk, frames, state)):
+                model.commit(ctx, [envs[j] for j in going], chunk, frames[going], state[going])
         gens = [self.generators[i] if deterministic else None for i in envs]
         frame_noise = torch.cat([torch.randn((1, cfg.frame_tokens, cfg.token_dim), generator=g, device=dev) for g in gens])
         action_noise = torch.cat([torch.randn((1, cfg.chunk_size, cfg.action_dim), generator=g, device=dev) for g in gens])
-        actions, tokens = model.act(ctx, envs, frame_noise, action_noise)
+        if lockstep:
+            actions, tokens = self.graphs.act(frame_noise, action_noise)
+        else:
+            actions, tokens = model.act(ctx, envs, frame_noise, action_noise)
         M = self.action_horizon
         if M < cfg.chunk_size:  # executed actions, padded as the dataset pads an episode's last block
             actions = torch.cat([actions[:, :M], actions[:, M - 1:M].expand(-1, cfg.chunk_size - M, -1)], dim=1)

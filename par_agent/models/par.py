@@ -262,19 +262,23 @@ class PhysicalAutoregressiveModel(nn.Module):
         cache = self.backbone.new_cache(n, layout.max_len, dev, dtype) if self.use_kv_cache else None
         return Contexts(n, layout, self.cfg.width, cache, dev, dtype)
 
-    def _run(self, ctx: Contexts, rows: list[int], start: np.ndarray, x: torch.Tensor) -> torch.Tensor:
-        """Write tokens x (R, n, D) to slots start[r] .. start[r]+n-1 of contexts ``rows`` and return their
+    def _slots(self, start, n: int) -> torch.Tensor:
+        """(R, n) slots start[r] .. start[r]+n-1 of each row, on the model's device."""
+        return torch.as_tensor(np.asarray(start, dtype=np.int64)[:, None] + np.arange(n), device=self.device)
+
+    def _rows(self, rows) -> torch.Tensor:
+        return torch.as_tensor(list(rows), device=self.device)
+
+    def _run(self, ctx: Contexts, rows: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Write tokens x (R, n, D) of contexts ``rows`` (R,) to their ``slots`` (R, n) and return their
         backbone outputs (R, n, D). With the cache only these tokens run; without it each row's whole
-        context does (the same numbers up to float rounding)."""
-        dev, n = self.device, x.shape[1]
-        rows_t = torch.as_tensor(rows, device=dev)
-        slots = torch.as_tensor(np.asarray(start)[:, None] + np.arange(n), device=dev)  # (R, n)
-        ctx.emb[rows_t[:, None], slots] = x
+        context does (the same numbers up to float rounding). Device work only: no host sync."""
+        ctx.emb[rows[:, None], slots] = x
         if ctx.cache is not None:
-            return self.backbone(x, slots, ctx.mask[slots], CacheView(ctx.cache, rows_t, slots))
+            return self.backbone(x, slots, ctx.mask[slots], CacheView(ctx.cache, rows, slots))
         M = ctx.layout.max_len
-        h = self.backbone(ctx.emb[rows_t], torch.arange(M, device=dev), ctx.mask)
-        return h[torch.arange(len(rows), device=dev)[:, None], slots]
+        h = self.backbone(ctx.emb[rows], torch.arange(M, device=x.device), ctx.mask)
+        return h[torch.arange(len(rows), device=x.device)[:, None], slots]
 
     def _block(self, frames: torch.Tensor, state: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         """Embeddings (R, L, D) of real blocks [F (BOA A) S]: frames (R, H, W, 3) uint8, state (R, Ds) raw,
@@ -292,8 +296,9 @@ class PhysicalAutoregressiveModel(nn.Module):
         uint8, state (R, Ds)."""
         x = torch.cat([self.embed_task(task.to(self.device).reshape(-1)), self._block(frames, state, None)], dim=1)
         ctx.reset(rows)
-        h = self._run(ctx, rows, np.zeros(len(rows), np.int64), x)
-        ctx.hidden[torch.as_tensor(rows, device=self.device)] = h[:, 1:]
+        rows_t = self._rows(rows)
+        h = self._run(ctx, rows_t, self._slots(np.zeros(len(rows)), x.shape[1]), x)
+        ctx.hidden[rows_t] = h[:, 1:]
         ctx.blocks[rows] = 1
 
     @torch.no_grad()
@@ -306,9 +311,13 @@ class PhysicalAutoregressiveModel(nn.Module):
             raise ValueError(f"frame noise must have shape {want}, got {tuple(noise.shape)}")
         if not ctx.started(rows).all():
             raise ValueError(f"contexts {[r for r in rows if not ctx.blocks[r]]} were not started (model.start)")
-        hidden = ctx.hidden[torch.as_tensor(rows, device=self.device)]
+        return self._imagine(ctx, self._rows(rows), noise.to(self.device))
+
+    def _imagine(self, ctx: Contexts, rows: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """:meth:`imagine`'s device work: rows (R,) on the device, noise (R, P, C)."""
+        hidden = ctx.hidden[rows]
         cond = self.frame_head.prepare(hidden[:, :-1], hidden[:, -1])
-        return self.diffusion.sample(self.frame_head, noise.to(self.device), cond, self.num_inference_steps)
+        return self.diffusion.sample(self.frame_head, noise, cond, self.num_inference_steps)
 
     @torch.no_grad()
     def act(self, ctx: Contexts, rows: list[int], frame_noise: torch.Tensor,
@@ -321,11 +330,18 @@ class PhysicalAutoregressiveModel(nn.Module):
         want = (R, cfg.chunk_size, cfg.action_dim)
         if tuple(action_noise.shape) != want:
             raise ValueError(f"action noise must have shape {want}, got {tuple(action_noise.shape)}")
-        f = self.imagine(ctx, rows, frame_noise)
-        x = torch.cat([self.embed_frames(f), self.embed_boa((R,))], dim=1)
-        h = self._run(ctx, rows, [ctx.layout.length(b) for b in ctx.blocks[rows]], x)
+        f = self.imagine(ctx, rows, frame_noise)  # checks the frame noise and that the rows started
+        slots = self._slots([ctx.layout.length(b) for b in ctx.blocks[rows]], self.cfg.frame_tokens + 1)
+        return self._act(ctx, self._rows(rows), slots, f, action_noise.to(self.device))
+
+    def _act(self, ctx: Contexts, rows: torch.Tensor, slots: torch.Tensor, f: torch.Tensor,
+             action_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`act`'s device work after the imagined frame tokens f (R, P, C): the imagined block
+        [F^ BOA] at ``slots`` (R, P+1), then the action head. Returns (actions raw, f)."""
+        x = torch.cat([self.embed_frames(f), self.embed_boa((len(f),))], dim=1)
+        h = self._run(ctx, rows, slots, x)
         cond = self.action_head.prepare(h, h[:, -1])
-        a = self.action_decoder.sample(self.action_head, action_noise.to(self.device), cond, self.num_inference_steps)
+        a = self.action_decoder.sample(self.action_head, action_noise, cond, self.num_inference_steps)
         return self.action_norm.unnormalize(a.clamp(-1, 1)), f
 
     @torch.no_grad()
@@ -334,7 +350,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         """Append the real block of each context ``rows``: the executed chunk (R, K, Da) raw and the
         observation it led to, frames (R, H, W, 3) and state (R, Ds). Contexts that become full drop
         ``eviction`` blocks and are recomputed (together, in a second call)."""
-        layout, dev, P = ctx.layout, self.device, self.cfg.frame_tokens
+        layout, dev = ctx.layout, self.device
         rows = list(rows)
         if not ctx.started(rows).all():
             raise ValueError(f"contexts {[r for r in rows if not ctx.blocks[r]]} were not started (model.start)")
@@ -343,8 +359,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         rest = [j for j, r in enumerate(rows) if ctx.blocks[r] + 1 < layout.history]
         if rest:
             rr = [rows[j] for j in rest]
-            h = self._run(ctx, rr, [layout.length(b) for b in ctx.blocks[rr]], x[rest])
-            ctx.hidden[torch.as_tensor(rr, device=dev)] = torch.cat([h[:, :P], h[:, -1:]], dim=1)
+            self._append(ctx, self._rows(rr), self._slots([layout.length(b) for b in ctx.blocks[rr]], x.shape[1]), x[rest])
             ctx.blocks[rr] += 1
         if full:
             rf = [rows[j] for j in full]
@@ -352,11 +367,18 @@ class PhysicalAutoregressiveModel(nn.Module):
             end = layout.length(layout.history)
             ctx.emb[rf_t, end - layout.block_len:end] = x[full]  # the new block, then drop the oldest
             kept = ctx.emb[rf_t][:, torch.as_tensor(layout.evicted_slots(), device=dev)]
-            h = self._run(ctx, rf, np.zeros(len(rf), np.int64), kept)
+            h = self._run(ctx, rf_t, self._slots(np.zeros(len(rf)), kept.shape[1]), kept)
             blocks = layout.history - layout.eviction
             ctx.hidden[rf_t] = h[:, torch.as_tensor(layout.last_block_slots(blocks), device=dev)]
             ctx.blocks[rf] = blocks
         ctx.steps[rows] += 1
+
+    def _append(self, ctx: Contexts, rows: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
+        """:meth:`commit`'s device work for contexts that stay below ``history``: the real blocks x
+        (R, L, D) at ``slots`` (R, L); their last frame and state outputs become ``ctx.hidden``."""
+        P = self.cfg.frame_tokens
+        h = self._run(ctx, rows, slots, x)
+        ctx.hidden[rows] = torch.cat([h[:, :P], h[:, -1:]], dim=1)
 
     def num_parameters(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
