@@ -345,3 +345,45 @@ def test_par_stackcube_acts_in_maniskills_own_loop_with_both_cameras(monkeypatch
         a_obs, *_ = raw.step(torch.as_tensor(a))
         b_obs, *_ = ours.step(b)
     raw.close(), ours.close()
+
+
+@pytest.mark.maniskill
+def test_par_pickcube_runs_the_same_episode_in_make_env_maniskills_own_loop_and_sb3(monkeypatch):
+    """The shipped par-pickcube on seed 1,000,000 (solved in 74 steps in its report,
+    results/pickcube_shipped_250ep.json) in the three loops a user writes: make_env; gym.make +
+    FlattenRGBDObservationWrapper with torch observations; SB3's evaluate_policy on make_vec_env.
+    Each episode ends at success, so the same length means the same outcome."""
+    import gymnasium as gym
+    import torch
+    from mani_skill.utils.wrappers.flatten import FlattenRGBDObservationWrapper
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    import envs
+    from envs import make_env, make_vec_env
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seed, kw = 1_000_000, PARPolicy.from_pretrained("par-pickcube").env_kwargs
+
+    def episode(env, to_env=lambda a: a) -> tuple[bool, int]:
+        p = PARPolicy.from_pretrained("par-pickcube")
+        obs, _ = env.reset(seed=seed)
+        for t in range(kw["max_episode_steps"]):
+            a, _ = p.predict(obs, episode_start=np.array([t == 0]), deterministic=True)
+            obs, _, term, trunc, info = env.step(to_env(a))
+            if bool(np.asarray(term).any()) or bool(np.asarray(trunc).any()):
+                break
+        env.close()
+        return bool(np.asarray(info["success"]).any()), t + 1
+
+    ours = episode(make_env("PickCube-v1", **kw))
+    raw = FlattenRGBDObservationWrapper(
+        gym.make("PickCube-v1", obs_mode="rgb", control_mode=kw["control_mode"], max_episode_steps=kw["max_episode_steps"],
+                 sensor_configs=envs.sensor_configs(kw["camera_size"], kw["camera_fov"])),
+        rgb=True, depth=False, state=True)
+    theirs = episode(raw, torch.as_tensor)
+    vec = make_vec_env("PickCube-v1", 1, seed=seed, **kw)
+    _, lengths = evaluate_policy(PARPolicy.from_pretrained("par-pickcube"), vec, n_eval_episodes=1, deterministic=True,
+                                 return_episode_rewards=True)
+    vec.close()
+    assert ours[0] and theirs[0], (ours, theirs)  # solved, as in the report
+    assert abs(ours[1] - theirs[1]) <= 2 and abs(ours[1] - lengths[0]) <= 2, (ours, theirs, lengths)
