@@ -174,54 +174,51 @@ def test_builtin_par_pushcube_loads_offline(monkeypatch):
     assert a.shape == (8,) and np.isfinite(a).all()
 
 
+def _rollout_counting_acts(m, starts: list, seed: int, **policy_kw) -> tuple[np.ndarray, int]:
+    """Deterministic actions (T, n, 8) of a PARPolicy(m, **policy_kw) on random observations with the
+    given episode starts (T arrays of n), and how many times ``m.act`` (the eager call) ran."""
+    from unittest import mock
+
+    rng = np.random.default_rng(seed)
+    n = len(starts[0])
+    seq = [{"rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+            "state": rng.standard_normal((n, 25)).astype(np.float32)} for _ in starts]
+    p = PARPolicy(m, **policy_kw)
+    with mock.patch.object(m, "act", wraps=m.act) as calls:
+        actions = np.stack([p.predict(o, episode_start=s, deterministic=True)[0] for o, s in zip(seq, starts)])
+    return actions, calls.call_count
+
+
 @pytest.mark.parametrize("use_kv_cache", [True, False])
 def test_one_call_for_many_envs_equals_the_per_env_loop(use_kv_cache):
     """Envs that reset at different times have contexts of different lengths (and some evict); the
     batched path serves them in one call and gives the per-env loop's actions for the same noise."""
-    from unittest import mock
-
     m = tiny_model()
     m.action_norm.set_stats(-np.ones(8, np.float32), np.ones(8, np.float32))
     m.set_runtime(use_kv_cache=use_kv_cache)
-    rng = np.random.default_rng(0)
     n, T = 4, 6 * m.cfg.chunk_size * m.cfg.history  # long enough for every env to evict several times
-    seq = [{"rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-            "state": rng.standard_normal((n, 25)).astype(np.float32)} for _ in range(T)]
     starts = [np.array([t == 0 or (t % (3 + i) == 0 and i > 0) for i in range(n)]) for t in range(T)]
-    runs = {}
-    for batch in (True, False):
-        p = PARPolicy(m, batch_envs=batch)
-        with mock.patch.object(m, "act", wraps=m.act) as calls:
-            runs[batch] = np.stack([p.predict(o, episode_start=s, deterministic=True)[0] for o, s in zip(seq, starts)])
-        runs[f"calls{batch}"] = calls.call_count
-    np.testing.assert_allclose(runs[True], runs[False], atol=1e-5)
-    assert runs["callsTrue"] < runs["callsFalse"]
+    (batched, calls_batched), (per_env, calls_per_env) = (
+        _rollout_counting_acts(m, starts, seed=0, batch_envs=batch) for batch in (True, False))
+    np.testing.assert_allclose(batched, per_env, atol=1e-5)
+    assert calls_batched < calls_per_env
 
 
-@pytest.mark.maniskill
 def test_chunk_graphs_give_the_eager_policys_actions():
     """Lockstep chunks through ChunkGraphs (CUDA graphs on a GPU, the same bodies eagerly here), mixed
     with eager starts, resets and evicting commits, give the eager policy's actions."""
-    from unittest import mock
-
     m = tiny_model()
     m.action_norm.set_stats(-np.ones(8, np.float32), np.ones(8, np.float32))
-    rng = np.random.default_rng(1)
     n, T = 3, 4 * m.cfg.chunk_size * m.cfg.history
-    seq = [{"rgb": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-            "state": rng.standard_normal((n, 25)).astype(np.float32)} for _ in range(T)]
     starts = [np.full(n, t == 0) | (np.arange(n) == 1) & (t == T // 2) for t in range(T)]
-    runs = {}
-    for graphs in (False, True):
-        p = PARPolicy(m, chunk_graphs=graphs)
-        with mock.patch.object(m, "act", wraps=m.act) as eager_acts:
-            runs[graphs] = np.stack([p.predict(o, episode_start=s, deterministic=True)[0] for o, s in zip(seq, starts)])
-        runs[f"eager{graphs}"] = eager_acts.call_count
+    (eager, eager_calls), (graphed, graphed_calls) = (
+        _rollout_counting_acts(m, starts, seed=1, chunk_graphs=graphs) for graphs in (False, True))
     tol = 1e-5 if m.device.type == "cpu" else 1e-3
-    np.testing.assert_allclose(runs[True], runs[False], atol=tol)
-    assert runs["eagerTrue"] < runs["eagerFalse"] / 2  # most chunks went through the graphs
+    np.testing.assert_allclose(graphed, eager, atol=tol)
+    assert graphed_calls < eager_calls / 2  # most chunks went through the graphs, not model.act
 
 
+@pytest.mark.maniskill
 def test_builtin_par_pickcube_acts_in_the_env_it_records(monkeypatch):
     """par-pickcube loads offline, at most 25 MB, records its env (end-effector control, framed 64 px
     camera), and acts in make_env(task, **policy.env_kwargs) within the env's action space."""
