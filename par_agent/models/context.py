@@ -101,6 +101,10 @@ class Contexts:
         self.blocks[rows] = 0
         self.steps[rows] = 0
 
+    def ends(self, rows) -> np.ndarray:
+        """(R,) the first free slot of each context ``rows``: where its next tokens are written."""
+        return np.array([self.layout.length(int(b)) for b in self.blocks[rows]], dtype=np.int64)
+
     def started(self, rows) -> np.ndarray:
         """Which of ``rows`` hold a context."""
         return self.blocks[rows] > 0

@@ -85,10 +85,6 @@ class ChunkGraphs:
         return replay
 
     # ------------------------------------------------------------------ calls
-    def _lengths(self) -> torch.Tensor:
-        layout = self.ctx.layout
-        return torch.as_tensor([layout.length(int(b)) for b in self.ctx.blocks])
-
     @torch.no_grad()
     def act(self, frame_noise: torch.Tensor, action_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``model.act(ctx, all rows, frame_noise, action_noise)``: actions (n, K, Da) raw and the
@@ -99,7 +95,7 @@ class ChunkGraphs:
             raise ValueError(f"noise must have shapes {tuple(self.frame_noise.shape)} and "
                              f"{tuple(self.action_noise.shape)}, got {tuple(frame_noise.shape)} and "
                              f"{tuple(action_noise.shape)}")
-        self.act_slots.copy_(self._lengths()[:, None] + torch.arange(self.act_slots.shape[1]))
+        self.act_slots.copy_(self.model._slots(self.ctx.ends(slice(None)), self.act_slots.shape[1]))
         self.frame_noise.copy_(frame_noise)
         self.action_noise.copy_(action_noise)
         actions, f = self._act()
@@ -112,7 +108,7 @@ class ChunkGraphs:
         ctx = self.ctx
         if not ctx.started(slice(None)).all() or (ctx.blocks + 1 >= ctx.layout.history).any():
             return False
-        self.commit_slots.copy_(self._lengths()[:, None] + torch.arange(self.commit_slots.shape[1]))
+        self.commit_slots.copy_(self.model._slots(ctx.ends(slice(None)), self.commit_slots.shape[1]))
         self.actions.copy_(actions)
         self.frames.copy_(frames)
         self.state.copy_(state)

@@ -331,7 +331,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         if tuple(action_noise.shape) != want:
             raise ValueError(f"action noise must have shape {want}, got {tuple(action_noise.shape)}")
         f = self.imagine(ctx, rows, frame_noise)  # checks the frame noise and that the rows started
-        slots = self._slots([ctx.layout.length(b) for b in ctx.blocks[rows]], self.cfg.frame_tokens + 1)
+        slots = self._slots(ctx.ends(rows), self.cfg.frame_tokens + 1)
         return self._act(ctx, self._rows(rows), slots, f, action_noise.to(self.device))
 
     def _act(self, ctx: Contexts, rows: torch.Tensor, slots: torch.Tensor, f: torch.Tensor,
@@ -359,7 +359,7 @@ class PhysicalAutoregressiveModel(nn.Module):
         rest = [j for j, r in enumerate(rows) if ctx.blocks[r] + 1 < layout.history]
         if rest:
             rr = [rows[j] for j in rest]
-            self._append(ctx, self._rows(rr), self._slots([layout.length(b) for b in ctx.blocks[rr]], x.shape[1]), x[rest])
+            self._append(ctx, self._rows(rr), self._slots(ctx.ends(rr), x.shape[1]), x[rest])
             ctx.blocks[rr] += 1
         if full:
             rf = [rows[j] for j in full]
