@@ -19,6 +19,9 @@ Weights are random: timing does not depend on them.
 (act, then a commit that does not evict) is two CUDA graph replays; evicting commits stay eager
 (``mean_ms_per_chunk`` counts them, the median does not). The per-context table is skipped.
 
+``--compile-chunk`` (CPU) compiles each ``ChunkGraphs`` body whole instead (inductor, static
+shapes: the chunk's act, and its non-evicting commit).
+
 ``--compile MODE`` compiles the two diffusion heads (``torch.compile(head, mode=MODE)``): they run
 ``num_inference_steps`` times per chunk on shapes fixed by the batch, so ``reduce-overhead`` replays
 them as CUDA graphs. The backbone sees a context that grows and is evicted, and stays eager.
@@ -112,14 +115,14 @@ def median_chunk_ms(model: PhysicalAutoregressiveModel, ctx, rows: list[int], re
 
 @torch.no_grad()
 def steady_state_ms(model: PhysicalAutoregressiveModel, batch: int, chunks: int, graphs: bool = False,
-                    times_out: list | None = None) -> float:
+                    times_out: list | None = None, compile_chunk: bool = False) -> float:
     """Median ms per chunk over a rollout long enough to evict several times (after warm-up), through
-    ``ChunkGraphs`` when ``graphs``."""
+    ``ChunkGraphs`` when ``graphs`` (its bodies compiled whole when ``compile_chunk``)."""
     from par_agent.models.graphs import ChunkGraphs
 
     cfg, dev = model.cfg, model.device
     ctx, rows = model.new_contexts(batch), list(range(batch))
-    cg = ChunkGraphs(model, ctx) if graphs else None
+    cg = ChunkGraphs(model, ctx, compile=compile_chunk) if graphs else None
     model.start(ctx, rows, torch.zeros(batch, dtype=torch.long, device=dev), *_obs(cfg, batch, dev))
     for _ in range(cfg.history):  # warm up past the first eviction
         chunk(model, ctx, rows, graphs=cg)
@@ -153,8 +156,11 @@ def main(argv: list[str] | None = None) -> dict:
                    help="torch.compile mode of the diffusion heads (none: eager)")
     p.add_argument("--graphs", action="store_true",
                    help="steady state through ChunkGraphs (CUDA graphs on a GPU); skips the per-context table")
+    p.add_argument("--compile-chunk", action="store_true",
+                   help="with --graphs on the CPU: compile each ChunkGraphs body whole (inductor, static shapes)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
+    args.graphs = args.graphs or args.compile_chunk
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
     long_cfg = cfg.replace(history=max(args.contexts) + 2)
     model = PhysicalAutoregressiveModel(long_cfg).to(dev).eval()
     out: dict = {"preset": args.preset, "device": str(dev), "batch": args.batch, "threads": torch.get_num_threads(),
-                 "compile": args.compile, "graphs": args.graphs,
+                 "compile": args.compile, "graphs": args.graphs, "compile_chunk": args.compile_chunk,
                  "chunk_size": cfg.chunk_size, "num_inference_steps": cfg.num_inference_steps,
                  "history": cfg.history, "params": model.num_parameters()["total"],
                  "params_by_part": model.num_parameters(), "contexts": {}}
@@ -184,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"context {ctx:3d} blocks: cached {row['cached_ms']:8.1f} ms  uncached {row['uncached_ms']:8.1f} ms"
                   f"  speedup {row['speedup']:5.2f}x", file=sys.stderr)
     times: list[float] = []
-    ms_chunk = steady_state_ms(model_default, args.batch, args.steady_chunks, args.graphs, times)
+    ms_chunk = steady_state_ms(model_default, args.batch, args.steady_chunks, args.graphs, times, args.compile_chunk)
     out["ms_per_chunk"] = ms_chunk
     out["mean_ms_per_chunk"] = 1000 * sum(times) / len(times)
     out["ms_per_control_step"] = ms_chunk / cfg.chunk_size

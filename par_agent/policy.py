@@ -91,8 +91,8 @@ class PARPolicy(BasePolicy):
             (``PhysicalStepDataset`` pads it the same way).
         chunk_graphs: serve lockstep chunks (every env at once, no eviction) through
             :class:`~par_agent.models.graphs.ChunkGraphs`: on a GPU the chunk's device work is
-            replayed as two CUDA graphs (``from_pretrained(..., compile=True)`` on CUDA turns this
-            on); on the CPU the same calls run eagerly (no gain). Other calls stay eager.
+            replayed as two CUDA graphs, on the CPU it runs as two graphs compiled whole by
+            inductor (``from_pretrained(..., compile=True)`` turns this on). Other calls stay eager.
     """
 
     def __init__(self, model: PhysicalAutoregressiveModel | None = None, task: str | None = None,
@@ -144,10 +144,12 @@ class PARPolicy(BasePolicy):
                         action_horizon: int | None = None, compile: bool = False, **overrides: Any) -> "PARPolicy":
         """Load a policy from a built-in name (``par-pushcube``), a local folder or a hub id.
 
-        ``num_threads``, ``action_horizon``: see the class docstring. ``compile=True`` on the CPU
-        compiles the two diffusion heads (``model.compile_heads``): every later chunk is faster, the
-        first calls take about a minute longer; worth it for long evaluations, not for a few episodes.
-        On CUDA it captures lockstep chunks as CUDA graphs instead (``chunk_graphs``).
+        ``num_threads``, ``action_horizon``: see the class docstring. ``compile=True`` serves lockstep
+        chunks (every env at once) through ``chunk_graphs``: on the CPU each chunk's act and commit
+        compiled whole by inductor, on CUDA captured as CUDA graphs. On the CPU the two diffusion heads
+        are compiled too (``model.compile_heads``), for the calls that serve a subset of the envs.
+        Every later chunk is faster; the first calls take a minute or two longer: worth it for long
+        evaluations, not for a few episodes.
 
         ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
         ``sampler``, ``history``, ``evict_blocks``.
@@ -161,11 +163,10 @@ class PARPolicy(BasePolicy):
                              f"cannot act; fine-tune it on demos first (par-train finetune --init {name_or_path} "
                              "--data DEMOS)")
         model = PhysicalAutoregressiveModel.from_pretrained(folder, device=device, **overrides)
-        graphs = compile and model.device.type == "cuda"
-        if compile and not graphs:
+        if compile and model.device.type == "cpu":
             model.compile_heads("default")
         return cls(model, task=task, action_space=action_space, seed=seed, num_threads=num_threads,
-                   action_horizon=action_horizon, locator=load_locator(folder), chunk_graphs=graphs).to(model.device)
+                   action_horizon=action_horizon, locator=load_locator(folder), chunk_graphs=compile).to(model.device)
 
     def save_pretrained(self, folder, dtype: torch.dtype | None = None):
         """Write ``config.json`` + ``model.safetensors`` (weights, tokenizer, statistics), and the
@@ -203,7 +204,8 @@ class PARPolicy(BasePolicy):
         n = n_envs if n_envs is not None else getattr(self, "n_envs", 0)
         self.n_envs = n
         self.context = self.model.new_contexts(n)
-        self.graphs = ChunkGraphs(self.model, self.context) if getattr(self, "chunk_graphs", False) and n else None
+        graphs = getattr(self, "chunk_graphs", False) and n
+        self.graphs = ChunkGraphs(self.model, self.context, compile=True) if graphs else None
         self.queues: list[deque] = [deque() for _ in range(n)]
         self.last_chunk: list[torch.Tensor | None] = [None] * n
         self.predicted_tokens: list[torch.Tensor | None] = [None] * n

@@ -7,7 +7,7 @@ from helpers import tiny_model
 from par_agent.models.graphs import ChunkGraphs
 
 
-def _rollout(model, graphs: bool, steps: int, B: int = 3, seed: int = 0):
+def _rollout(model, graphs: bool, steps: int, B: int = 3, seed: int = 0, compile: bool = False):
     """Actions and imagined frames of a lockstep rollout with fixed noise and observations, and how
     many commits the graphs served."""
     cfg, dev = model.cfg, model.device
@@ -15,7 +15,7 @@ def _rollout(model, graphs: bool, steps: int, B: int = 3, seed: int = 0):
     obs = lambda: (torch.randint(0, 256, (B, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8, generator=g).to(dev),  # noqa: E731
                    torch.randn(B, cfg.state_dim, generator=g).to(dev))
     ctx, rows = model.new_contexts(B), list(range(B))
-    cg = ChunkGraphs(model, ctx) if graphs else None
+    cg = ChunkGraphs(model, ctx, compile=compile) if graphs else None
     model.start(ctx, rows, torch.zeros(B, dtype=torch.long, device=dev), *obs())
     acts, frames, served = [], [], 0
     for _ in range(steps):
@@ -43,6 +43,25 @@ def test_graph_bodies_match_the_eager_calls_through_evictions(cache):
     tol = 1e-5 if model.device.type == "cpu" else 1e-3
     torch.testing.assert_close(a_graph, a_eager, atol=tol, rtol=tol)
     torch.testing.assert_close(f_graph, f_eager, atol=tol, rtol=tol)
+
+
+@pytest.mark.slow  # about a minute of compiling
+def test_bodies_compiled_whole_on_the_cpu_match_the_eager_calls():
+    """compile=True: each body one inductor graph (no break: the sampler is plain arithmetic)."""
+    import torch._dynamo
+
+    model = tiny_model().eval()
+    steps = 2 * model.cfg.history
+    a_eager, f_eager, _ = _rollout(model, False, steps)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=False):
+        a_comp, f_comp, served = _rollout(model, True, steps, compile=True)
+    assert served > 0
+    counts = torch._dynamo.utils.counters["stats"]
+    assert counts["unique_graphs"] >= 2
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    torch.testing.assert_close(a_comp, a_eager, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(f_comp, f_eager, atol=1e-4, rtol=1e-4)
 
 
 def test_graphs_refuse_started_contexts_and_unstarted_rows():

@@ -120,7 +120,10 @@ def test_par_eval_outcomes_do_not_depend_on_how_many_envs_share_a_call(tmp_path)
 
 
 @pytest.mark.slow  # about a minute of compiling
-def test_compiled_heads_repeat_the_pinned_actions():
+def test_compiled_policy_repeats_the_pinned_actions():
+    """compile=True: one env, so every chunk after the first goes through the compiled ChunkGraphs."""
     rec = pinned("par-pickcube")
-    got = replay(PARPolicy.from_pretrained("par-pickcube", num_threads=1, compile=True), rec)
+    policy = PARPolicy.from_pretrained("par-pickcube", num_threads=1, compile=True)
+    got = replay(policy, rec)
+    assert policy.graphs is not None and policy.graphs.compiled
     np.testing.assert_allclose(got, rec["actions"], atol=ATOL, rtol=0)

@@ -11,8 +11,9 @@ buffers are the ones the eager path uses, so both paths read and write the same 
 mixed freely. Calls the graphs do not cover (a subset of the envs, a commit that evicts, a start)
 go to the model's eager methods.
 
-On the CPU the same static-buffer bodies run eagerly, with no capture: the tests compare them with
-the eager calls there.
+On the CPU there is no capture: the same static-buffer bodies run eagerly, or compiled whole by
+inductor (``compile=True``; static shapes, the sampler being plain arithmetic, so each body is one
+graph); the tests compare both with the eager calls there.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class ChunkGraphs:
     (then call ``model.commit``, which evicts).
     """
 
-    def __init__(self, model, ctx: Contexts, warmup: int = 2) -> None:
+    def __init__(self, model, ctx: Contexts, warmup: int = 2, compile: bool = False) -> None:
         if ctx.blocks.any():
             raise ValueError("ChunkGraphs must be captured on fresh contexts (model.new_contexts(n)): "
                              "capturing writes to their buffers")
@@ -50,6 +51,9 @@ class ChunkGraphs:
         self.state = torch.zeros(n, cfg.state_dim, device=dev)
         self.actions = torch.zeros(n, cfg.chunk_size, cfg.action_dim, device=dev)
         self.captured = dev.type == "cuda"
+        self.compiled = compile and not self.captured
+        model.action_decoder.steps(cfg.num_inference_steps)  # the sampler's weights, read before any trace
+        model.diffusion.steps(cfg.num_inference_steps)
         self._act = self._capture(self._act_body, warmup)
         self._commit = self._capture(self._commit_body, warmup)
 
@@ -65,10 +69,10 @@ class ChunkGraphs:
 
     @torch.no_grad()
     def _capture(self, body: Callable, warmup: int) -> Callable:
-        """``body`` itself on the CPU; on CUDA a function replaying its graph and returning its
-        (static) outputs."""
+        """``body`` itself (or compiled, ``compile=True``) on the CPU; on CUDA a function replaying its
+        graph and returning its (static) outputs."""
         if not self.captured:
-            return body
+            return torch.compile(body, dynamic=False) if self.compiled else body
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up off the default stream, as torch.cuda.graphs asks

@@ -2,7 +2,8 @@
 frame latents and action chunks (adaLN-Zero blocks, after DiT and MAR's ``diffloss.py``).
 
 Noise schedules and samplers come from ``diffusers``: ``DDPMScheduler`` adds noise in
-training; DPM-Solver++ (multistep) or DDIM samples in a few steps at inference.
+training; DPM-Solver++ (multistep) or DDIM samples in a few steps at inference, run as the fixed
+linear combinations ``sampling.LinearSteps`` reads off the scheduler once per step count.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from par_agent.models.attention import attention
+from par_agent.models.sampling import LinearSteps
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -191,6 +193,9 @@ class BinnedActions:
         err = F.cross_entropy(logits.flatten(0, 2), idx.flatten(), reduction="none").view(idx.shape).mean(-1)
         return masked_mean(err, mask)
 
+    def steps(self, steps: int) -> None:
+        """Nothing to prepare (one pass, no sampling steps): :class:`Diffusion`'s interface."""
+
     @torch.no_grad()
     def sample(self, net: Callable, noise: torch.Tensor, cond: dict, steps: int) -> torch.Tensor:
         """(N, K, Da): the centre of each dimension's most likely bin, in [-1, 1]."""
@@ -226,6 +231,7 @@ class Diffusion:
             self.sample_sched = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
         self.prediction_type = prediction_type
         self.T = num_train_timesteps
+        self._steps: dict[int, LinearSteps] = {}
 
     def loss(self, net: Callable, target: torch.Tensor, cond: dict, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean denoising loss. target: (N, L, C) clean; mask: (N, L) bool or None."""
@@ -242,15 +248,14 @@ class Diffusion:
         err = (net(x_t, t, cond) - want).pow(2).mean(-1)
         return masked_mean(err, mask)
 
+    def steps(self, steps: int) -> LinearSteps:
+        """The sampler's ``steps`` steps as fixed weights (read off the scheduler once, then kept)."""
+        if steps not in self._steps:
+            self._steps[steps] = LinearSteps(self.sample_sched, steps)
+        return self._steps[steps]
+
     @torch.no_grad()
     def sample(self, net: Callable, noise: torch.Tensor, cond: dict, steps: int) -> torch.Tensor:
-        """Deterministic sampling from the given initial noise (N, L, C)."""
-        sched = self.sample_sched
-        # timesteps stay on the host: the schedulers index their (CPU) tables with them, which with a
-        # device tensor costs a device->host sync per step
-        sched.set_timesteps(steps)
-        x = noise * sched.init_noise_sigma
-        for t in sched.timesteps.tolist():
-            tt = torch.full((x.shape[0],), t, device=noise.device, dtype=torch.long)
-            x = sched.step(net(x, tt, cond), t, x).prev_sample
-        return x
+        """Deterministic sampling from the given initial noise (N, L, C): the scheduler's own steps,
+        as plain tensor arithmetic (no per-step scheduler state, so a caller's graph compiles whole)."""
+        return self.steps(steps).sample(net, noise, cond)
