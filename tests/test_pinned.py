@@ -107,7 +107,10 @@ def test_par_stackcube_locator_places_the_cubes_it_sees():
 @pytest.mark.maniskill
 def test_par_eval_outcomes_do_not_depend_on_how_many_envs_share_a_call(tmp_path):
     """par-eval with 1 and with 2 envs runs the same seeds to the same outcomes (a batch of 2 rounds
-    differently from two batches of 1, so an episode may end a step earlier or later)."""
+    differently from two batches of 1, so an episode may end a few steps earlier or later: PushCube
+    ends when the pushed cube crosses the goal's edge, and how far a rounding difference moves that
+    crossing depends on the CPU's kernels (seed 1,000,000: 71 against 74 steps on an AMD EPYC); the bound is one
+    chunk of 8 actions)."""
     from par_agent.evaluate import run
 
     reports = {n: run(["--policy", "par-pushcube", "--episodes", "3", "--num-envs", str(n), "--threads", "1",
@@ -115,7 +118,7 @@ def test_par_eval_outcomes_do_not_depend_on_how_many_envs_share_a_call(tmp_path)
     one, two = ({r["seed"]: r for r in reports[n]["per_seed"]} for n in (1, 2))
     assert one.keys() == two.keys() == {1_000_000, 1_000_001, 1_000_002}
     assert all(one[s]["success"] == two[s]["success"] for s in one), (one, two)
-    assert all(abs(one[s]["length"] - two[s]["length"]) <= 2 for s in one), (one, two)
+    assert all(abs(one[s]["length"] - two[s]["length"]) <= 8 for s in one), (one, two)
     assert sum(r["success"] for r in one.values()) >= 2  # real outcomes, not three failures alike
 
 
