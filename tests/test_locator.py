@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from par_agent.models.locator import (LocatorConfig, ObjectLocator, assemble_state, held_positions, locator_from_dict,
-                                      yaw_of)
+from par_agent.models.locator import LocatorConfig, ObjectLocator, assemble_state, yaw_of
 
 STACK_FULL = (("agent/qpos", 9), ("agent/qvel", 9), ("extra/tcp_pose", 7), ("extra/cubeA_pose", 7),
               ("extra/cubeB_pose", 7), ("extra/tcp_to_cubeA_pos", 3), ("extra/tcp_to_cubeB_pos", 3),
@@ -55,12 +54,13 @@ def test_config_refuses_what_it_cannot_rebuild():
         LocatorConfig(objects=(), plain_fields=STACK_FULL[:3], privileged_fields=STACK_FULL)
 
 
-def test_a_held_cube_is_placed_at_the_gripper_on_a_real_demo():
-    """held="cubeA": in a shipped StackCube demo, wherever the fingers are closed on the cube its
-    position comes from the arm's state (within 1 cm of the true one); elsewhere the located
-    position stands. Old configs (no ``held``) keep every located position."""
+def test_held_cube_rule_places_cube_a_at_the_gripper_on_a_real_demo():
+    """experiments.held_cube: in a shipped StackCube demo, wherever the fingers are closed on the cube
+    its position comes from the arm's state (within 1 cm of the true one); elsewhere the located
+    position stands."""
     from pathlib import Path
 
+    from experiments.held_cube import held_positions
     from par_agent.data.compact import read_compact_episode, read_compact_meta
 
     folder = Path(__file__).parents[1] / "data" / "stackcube-ee-fov08-priv"
@@ -69,8 +69,7 @@ def test_a_held_cube_is_placed_at_the_gripper_on_a_real_demo():
     plain = torch.from_numpy(np.concatenate([obs["agent"]["qpos"], obs["agent"]["qvel"], obs["extra"]["tcp_pose"]], -1)).float()
     truth = torch.from_numpy(np.stack([obs["extra"]["cubeA_pose"][:, :3], obs["extra"]["cubeB_pose"][:, :3]], 1)).float()
     located = truth + 0.05  # a locator 5 cm off everywhere
-    cfg = stack_cfg(held="cubeA")
-    out = held_positions(cfg, plain, located)
+    out = held_positions(plain, located, obj=0)
     width = plain[:, 7] + plain[:, 8]
     holds = (width > 0.03) & (width < 0.06)
     carried = ((truth[:, 0] - truth[0, 0]).norm(dim=-1) > 0.02) & ((truth[:, 0] - plain[:, 18:21]).norm(dim=-1) < 0.01)
@@ -78,10 +77,6 @@ def test_a_held_cube_is_placed_at_the_gripper_on_a_real_demo():
     assert float((out[holds, 0] - truth[holds, 0]).norm(dim=-1).max()) < 0.01
     torch.testing.assert_close(out[~holds], located[~holds])
     torch.testing.assert_close(out[:, 1], located[:, 1])  # cube B is never held
-    torch.testing.assert_close(held_positions(stack_cfg(), plain, located), located)
-    assert locator_from_dict(cfg.to_dict()).cfg == cfg
-    with pytest.raises(ValueError, match="held is 'cubeC'"):
-        stack_cfg(held="cubeC")
 
 
 def test_locator_shapes_and_yaw_range():

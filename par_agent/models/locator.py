@@ -44,12 +44,6 @@ class LocatorConfig:
         width: channels of its convolutions.
         keypoints: soft-argmax keypoint maps per object.
         yaw_symmetry: turns about z that leave an object looking the same (4 for a cube).
-        held: the object the gripper holds whenever its fingers are closed on something (StackCube:
-            ``cubeA``); its position is then the gripper's (``extra/tcp_pose``), read from the arm's
-            own state, not from the frame, where the gripper hides it. None: always from the frame.
-        gripper_joints: indices into ``agent/qpos`` of the gripper's fingers (Panda: 7, 8).
-        held_width: the fingers' summed opening (m) taken as holding ``held``: closed on a 4 cm cube
-            they sum to 0.042; open, 0.08; closed on nothing, 0.
     """
 
     objects: tuple = ()
@@ -60,27 +54,14 @@ class LocatorConfig:
     width: int = 32
     keypoints: int = 8
     yaw_symmetry: int = 4
-    held: str | None = None
-    gripper_joints: tuple = (7, 8)
-    held_width: tuple = (0.03, 0.06)
 
     def __post_init__(self) -> None:
         self.objects = tuple(str(o) for o in self.objects)
-        self.gripper_joints = tuple(int(j) for j in self.gripper_joints)
-        self.held_width = tuple(float(w) for w in self.held_width)
         self.plain_fields = tuple((str(n), int(s)) for n, s in self.plain_fields)
         self.privileged_fields = tuple((str(n), int(s)) for n, s in self.privileged_fields)
         if not self.objects:
             raise ValueError("LocatorConfig.objects is empty: name the objects to locate, e.g. ('cubeA', 'cubeB')")
         plain = dict(self.plain_fields)
-        if self.held is not None:
-            if self.held not in self.objects:
-                raise ValueError(f"LocatorConfig.held is {self.held!r}, not one of the located objects {list(self.objects)}")
-            if "extra/tcp_pose" not in plain or "agent/qpos" not in plain:
-                raise ValueError("LocatorConfig.held needs agent/qpos and extra/tcp_pose in the plain state")
-            if max(self.gripper_joints) >= plain["agent/qpos"] or len(self.held_width) != 2:
-                raise ValueError(f"LocatorConfig: gripper_joints {self.gripper_joints} outside agent/qpos's "
-                                 f"{plain['agent/qpos']} entries, or held_width {self.held_width} not (low, high)")
         if "extra/tcp_pose" not in plain and any(n.startswith("extra/tcp_to_") for n, _ in self.privileged_fields):
             raise ValueError("the plain state has no extra/tcp_pose, so tcp_to_* fields cannot be rebuilt")
         for name, size in self.privileged_fields:  # every field must be either plain or rebuilt
@@ -104,8 +85,6 @@ class LocatorConfig:
         d["plain_fields"] = [list(f) for f in self.plain_fields]
         d["privileged_fields"] = [list(f) for f in self.privileged_fields]
         d["objects"] = list(self.objects)
-        d["gripper_joints"] = list(self.gripper_joints)
-        d["held_width"] = list(self.held_width)
         return d
 
 
@@ -238,29 +217,7 @@ class ObjectLocator(nn.Module):
         if state.shape[-1] != self.cfg.plain_dim:
             raise ValueError(f"the locator expects the plain state of {self.cfg.plain_dim} numbers, got {state.shape[-1]}")
         pos, yaw = self.locate(frames, state)
-        return assemble_state(self.cfg, state.float(), held_positions(self.cfg, state.float(), pos), yaw)
-
-
-def held_positions(cfg: LocatorConfig, plain: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Positions (B, n, 3) with ``cfg.held``'s replaced by the gripper's where the fingers hold it.
-
-    The gripper hides a held cube from the base camera, where the located position is worst (2.8 cm
-    mean on held-out StackCube demos), while the arm's own state places it to about a millimetre."""
-    if cfg.held is None:
-        return positions
-    start = {}
-    i = 0
-    for name, size in cfg.plain_fields:
-        start[name] = i
-        i += size
-    q = start["agent/qpos"]
-    width = sum(plain[:, q + j] for j in cfg.gripper_joints)
-    holds = (width > cfg.held_width[0]) & (width < cfg.held_width[1])  # (B,)
-    tcp = plain[:, start["extra/tcp_pose"]:start["extra/tcp_pose"] + 3]
-    k = cfg.objects.index(cfg.held)
-    out = positions.clone()
-    out[:, k] = torch.where(holds[:, None], tcp, positions[:, k])
-    return out
+        return assemble_state(self.cfg, state.float(), pos, yaw)
 
 
 def assemble_state(cfg: LocatorConfig, plain: torch.Tensor, positions: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
@@ -336,5 +293,5 @@ def locator_from_parts(config: dict, state: dict, source) -> ObjectLocator:
     return net.eval()
 
 
-__all__ = ["LocatorConfig", "ObjectLocator", "assemble_state", "held_positions", "yaw_of", "locator_from_dict", "save_locator",
+__all__ = ["LocatorConfig", "ObjectLocator", "assemble_state", "yaw_of", "locator_from_dict", "save_locator",
            "load_locator"]
