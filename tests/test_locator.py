@@ -55,12 +55,12 @@ def test_config_refuses_what_it_cannot_rebuild():
 
 
 def test_held_cube_rule_places_cube_a_at_the_gripper_on_a_real_demo():
-    """experiments.held_cube: in a shipped StackCube demo, wherever the fingers are closed on the cube
+    """experiments.estimator_rules: in a shipped StackCube demo, wherever the fingers are closed on the cube
     its position comes from the arm's state (within 1 cm of the true one); elsewhere the located
     position stands."""
     from pathlib import Path
 
-    from experiments.held_cube import held_positions
+    from experiments.estimator_rules import held_positions
     from par_agent.data.compact import read_compact_episode, read_compact_meta
 
     folder = Path(__file__).parents[1] / "data" / "stackcube-ee-fov08-priv"
@@ -77,6 +77,25 @@ def test_held_cube_rule_places_cube_a_at_the_gripper_on_a_real_demo():
     assert float((out[holds, 0] - truth[holds, 0]).norm(dim=-1).max()) < 0.01
     torch.testing.assert_close(out[~holds], located[~holds])
     torch.testing.assert_close(out[:, 1], located[:, 1])  # cube B is never held
+
+
+def test_running_median_ignores_occluded_reads_and_follows_a_moved_object():
+    """experiments.estimator_rules.RunningMedian: two far reads (an occluded frame) leave the estimate
+    alone; three in a row (the object moved) restart it; a reset forgets the episode."""
+    from experiments.estimator_rules import RunningMedian
+
+    f, rest, moved = RunningMedian(gate=0.04, patience=3), np.array([0.1, 0.2, 0.02]), np.array([0.1, 0.3, 0.02])
+    for dx in (0.005, -0.005, 0.0, 0.002, -0.002, 0.001):
+        f(0, rest + dx)
+    for _ in range(2):  # far reads join the history but barely move its median
+        np.testing.assert_allclose(f(0, moved), rest, atol=0.005)
+    f(0, rest)  # the run of far reads is broken
+    got = [f(0, moved) for _ in range(3)]
+    np.testing.assert_allclose(got[1], rest, atol=0.005)
+    np.testing.assert_allclose(got[2], moved)
+    np.testing.assert_allclose(f(1, moved), moved)  # another env keeps its own history
+    f.reset(0)
+    np.testing.assert_allclose(f(0, rest), rest)
 
 
 def test_locator_shapes_and_yaw_range():
