@@ -110,7 +110,7 @@ def median(policy, obj: str = "cubeB", **kw) -> None:
 
 
 def offline(policy, data: Path, obj: str, val_fraction: float, rule: str, chunk: int) -> dict:
-    from experiments.locator_filter import locate_episode
+    from experiments.locator_filter import cm_summary, locate_episode
     from par_agent.data.dataset import split_episodes
     from par_agent.locate import load_demos, plain_columns
 
@@ -144,9 +144,7 @@ def offline(policy, data: Path, obj: str, val_fraction: float, rule: str, chunk:
     for ph, by in errs.items():
         if not by["located"]:
             continue
-        report["frames"][ph] = {"n": len(by["located"]), **{f: {
-            "cm_mean": round(float(np.mean(v)), 2), "cm_median": round(float(np.median(v)), 2),
-            "cm_p90": round(float(np.quantile(v, 0.9)), 2)} for f, v in by.items()}}
+        report["frames"][ph] = {"n": len(by["located"]), **{f: cm_summary(v) for f, v in by.items()}}
         print(ph, json.dumps(report["frames"][ph]))
     return report
 

@@ -46,6 +46,12 @@ def window_mean(raw: np.ndarray, k: int) -> np.ndarray:
     return (c[t] - c[lo]) / (t - lo)[:, None]
 
 
+def cm_summary(values) -> dict:
+    """Errors in cm -> their mean, median and 90th percentile, rounded to 0.01 cm."""
+    return {"cm_mean": round(float(np.mean(values)), 2), "cm_median": round(float(np.median(values)), 2),
+            "cm_p90": round(float(np.quantile(values, 0.9)), 2)}
+
+
 @torch.no_grad()
 def locate_episode(locator, frames: np.ndarray, state: np.ndarray, batch: int = 512) -> np.ndarray:
     """frames (T, H, W, 3) uint8, plain state (T, Dp) -> positions (T, n, 3) in metres."""
@@ -106,9 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         for ph, by in errs[o].items():
             if not by["raw"]:
                 continue
-            report["objects"][o][ph] = {"frames": len(by["raw"]), **{
-                f: {"cm_mean": round(float(np.mean(v)), 2), "cm_median": round(float(np.median(v)), 2),
-                    "cm_p90": round(float(np.quantile(v, 0.9)), 2)} for f, v in by.items()}}
+            report["objects"][o][ph] = {"frames": len(by["raw"]), **{f: cm_summary(v) for f, v in by.items()}}
             row = "  ".join(f"{f} {s['cm_mean']:.2f}/{s['cm_median']:.2f}/{s['cm_p90']:.2f}"
                             for f, s in report["objects"][o][ph].items() if f != "frames")
             print(f"{o:8s} {ph:8s} ({len(by['raw'])} frames) cm mean/median/p90: {row}")
