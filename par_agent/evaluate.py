@@ -268,7 +268,7 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--no-kv-cache", action="store_true")
     p.add_argument("--compile", action="store_true",
-                   help="compile each lockstep chunk whole, and the diffusion heads (a minute or two of compiling, then faster chunks; same outcomes up to rounding)")
+                   help="compile each lockstep chunk whole, and the diffusion heads (two or three minutes of compiling the first time, cached after, then faster chunks; same outcomes up to rounding)")
     p.add_argument("--action-horizon", type=int, default=None,
                    help="control steps executed of each chunk before predicting again (default: the whole chunk)")
     p.add_argument("--stochastic", action="store_true", help="sample with fresh noise (default: deterministic)")

@@ -148,8 +148,8 @@ class PARPolicy(BasePolicy):
         chunks (every env at once) through ``chunk_graphs``: on the CPU each chunk's act and commit
         compiled whole by inductor, on CUDA captured as CUDA graphs. On the CPU the two diffusion heads
         are compiled too (``model.compile_heads``), for the calls that serve a subset of the envs.
-        Every later chunk is faster; the first calls take a minute or two longer: worth it for long
-        evaluations, not for a few episodes.
+        Every later chunk is faster; the first calls take two or three minutes longer (the first time
+        on a machine; inductor caches the result): worth it for long evaluations, not for a few episodes.
 
         ``overrides`` (applied after loading): ``use_kv_cache``, ``num_inference_steps``,
         ``sampler``, ``history``, ``evict_blocks``.
