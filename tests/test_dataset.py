@@ -315,3 +315,47 @@ def test_demos_of_two_control_modes_are_refused(pickcube_ee_demo):
     ds = PhysicalStepDataset(pickcube_ee_demo, history=2, chunk_size=4)
     assert ds.actions.shape[1] == 4
     assert len(PhysicalStepDataset(folder, history=2, chunk_size=4, frames_only=True)) > 0  # frames mix fine
+
+
+def test_training_statistics_pool_every_source(tmp_path):
+    """par-train normalises with the statistics of every --data source's training episodes together,
+    not the first source's: the action range spans both, and the pooled state mean and std equal those
+    of one dataset over both files."""
+    from par_agent.config import PARConfig
+    from par_agent.data.dataset import merge_stats
+    from par_agent.training.args import TrainArgs
+    from par_agent.training.data import build_datasets
+
+    cfg = PARConfig.named("tiny", history=2, chunk_size=2)
+    a = write_fake_h5(tmp_path / "a.h5", [5, 7, 6], hw=cfg.image_size, seed=1)
+    b = write_fake_h5(tmp_path / "b.h5", [9, 4], hw=cfg.image_size, seed=2)
+    with h5py.File(b, "a") as f:  # the second source acts and sits elsewhere
+        for g in f.values():
+            g["actions"][...] = 3.0 * g["actions"][()] + 1.0
+            g["obs/agent/qpos"][...] = g["obs/agent/qpos"][()] - 2.0
+    kw = dict(history=2, chunk_size=2, split="train", val_fraction=0.0)
+    both = PhysicalStepDataset([a, b], **kw).stats
+    merged = merge_stats([PhysicalStepDataset(a, **kw).stats, PhysicalStepDataset(b, **kw).stats])
+    for k in ("action_min", "action_max", "state_mean", "state_std"):
+        np.testing.assert_allclose(merged[k], both[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    assert merged["num_episodes"] == 5 and merged["num_states"] == both["num_states"] == 36
+
+    args = TrainArgs(stage="finetune", data=(str(a), str(b)), out=str(tmp_path / "o"), val_fraction=0.0,
+                     cameras=("base_camera",))
+    train, _, stats = build_datasets(args, cfg, None)
+    first = PhysicalStepDataset(a, **kw).stats
+    assert (stats["action_max"] > first["action_max"]).any()  # not the first source's range
+    np.testing.assert_allclose(stats["state_mean"], both["state_mean"], rtol=1e-5, atol=1e-5)
+    assert stats["num_episodes"] == 5 and len(train) == stats["num_windows"]
+
+
+def test_statistics_of_different_layouts_are_refused_by_name():
+    from par_agent.data.dataset import merge_stats
+
+    one = {"action_min": np.zeros(3), "action_max": np.ones(3), "state_mean": np.zeros(25),
+           "state_std": np.ones(25), "num_states": 10, "num_episodes": 1, "num_windows": 3}
+    other = {**one, "state_mean": np.zeros(29), "state_std": np.ones(29)}
+    with pytest.raises(ValueError, match=r"state_mean.*pick\.h5.*stack\.h5"):
+        merge_stats([one, other], ["pick.h5", "stack.h5"])
+    with pytest.raises(ValueError, match="num_states"):
+        merge_stats([one, {k: v for k, v in one.items() if k != "num_states"}], ["a", "b"])

@@ -59,7 +59,7 @@ def test_stackcube_demos_fit_par_stackcube():
 @pytest.mark.parametrize("name,action_atol,split", [("par-pickcube", 1e-4, "train"), ("par-pickcube-250", 1e-4, "all"),
                                                     ("par-pushcube", 0.03, "all")])
 def test_checkpoint_statistics_come_from_its_shipped_demos(name, action_atol, split):
-    """Each checkpoint's action range and state statistics are those of its demos. par-train takes them
+    """Each checkpoint's action range and state statistics are those of its demos. par-train took them
     from the training split (10% held out) of the first ``--data`` folder: for par-pickcube, fine-tuned
     on these very files (1,000 demos), data/pickcube-ee-fov08's training split. par-pickcube-250 and
     par-pushcube were fine-tuned on earlier collections of their folders' demos (the same planner
@@ -67,7 +67,8 @@ def test_checkpoint_statistics_come_from_its_shipped_demos(name, action_atol, sp
     range agrees to 1e-5; PushCube's demos were collected again on another CPU, where the simulator
     rounds differently (two joints' extreme targets differ by up to 0.021 rad). The state statistics
     agree to within 0.01 for all. Demos of another task, control mode or camera set-up differ by far
-    more."""
+    more. (par-train now pools the statistics of all its --data sources; par-pickcube was trained before
+    that, with the first folder's.)"""
     from par_agent import PARPolicy
     from par_agent.data.dataset import compute_stats, episodes_in, split_episodes
 

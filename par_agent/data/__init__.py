@@ -1,6 +1,7 @@
 """Demonstrations for PAR: collection (``par-collect``), the compact format and the training dataset."""
 from par_agent.data.compact import export_compact, import_compact
-from par_agent.data.dataset import PhysicalStepDataset, compute_stats, demo_h5_files, load_stats, save_stats, split_episodes
+from par_agent.data.dataset import (PhysicalStepDataset, compute_stats, demo_h5_files, load_stats, merge_stats,
+                                    save_stats, split_episodes)
 
 __all__ = [
     "PhysicalStepDataset",
@@ -9,6 +10,7 @@ __all__ = [
     "export_compact",
     "import_compact",
     "load_stats",
+    "merge_stats",
     "save_stats",
     "split_episodes",
 ]

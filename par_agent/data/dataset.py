@@ -264,9 +264,45 @@ def compute_stats(actions: list[np.ndarray], states: list[np.ndarray], chunk_siz
         s = np.concatenate(states).astype(np.float64)
         stats["state_mean"] = s.mean(0).astype(np.float32)
         stats["state_std"] = np.maximum(s.std(0), 1e-6).astype(np.float32)
+        stats["num_states"] = len(s)
     stats["num_episodes"] = len(actions) if actions else len(states)
     stats["num_windows"] = int(sum(math.ceil(len(a) / chunk_size) + 1 for a in actions))
     return stats
+
+
+def merge_stats(parts: Sequence[dict], names: Sequence[str] | None = None) -> dict:
+    """The statistics of several sources' training episodes taken together, from each source's own
+    :func:`compute_stats`: the action range spans every source's, and the state mean and std are
+    pooled over every state row (each part needs its ``num_states``). ``names`` label the parts in
+    errors (for example the ``--data`` paths)."""
+    names = list(names) if names is not None else [f"source {i}" for i in range(len(parts))]
+    if not parts:
+        raise ValueError("merge_stats needs at least one set of statistics")
+    for key in STAT_KEYS:
+        dims = {n: np.shape(p[key]) for n, p in zip(names, parts) if key in p}
+        if dims and len(dims) != len(parts):
+            raise ValueError(f"{key} is in the statistics of {sorted(dims)} only, not of every source")
+        if len(set(dims.values())) > 1:
+            raise ValueError(f"the sources disagree on the size of {key}: {dims}; train them separately "
+                             "or give them the same state and action layout")
+    out: dict = {"num_episodes": sum(p["num_episodes"] for p in parts),
+                 "num_windows": sum(p["num_windows"] for p in parts)}
+    if "action_min" in parts[0]:
+        out["action_min"] = np.min([p["action_min"] for p in parts], 0).astype(np.float32)
+        out["action_max"] = np.max([p["action_max"] for p in parts], 0).astype(np.float32)
+    if "state_mean" in parts[0]:
+        missing = [n for n, p in zip(names, parts) if "num_states" not in p]
+        if missing:
+            raise ValueError(f"statistics of {missing} have no num_states: pooling the state mean needs it")
+        n = np.array([p["num_states"] for p in parts], np.float64)[:, None]
+        mean = np.array([p["state_mean"] for p in parts], np.float64)
+        var = np.array([p["state_std"] for p in parts], np.float64) ** 2
+        m = (n * mean).sum(0) / n.sum()
+        v = (n * (var + mean ** 2)).sum(0) / n.sum() - m ** 2
+        out["state_mean"] = m.astype(np.float32)
+        out["state_std"] = np.maximum(np.sqrt(np.maximum(v, 0.0)), 1e-6).astype(np.float32)
+        out["num_states"] = int(n.sum())
+    return out
 
 
 def save_stats(stats: dict, path) -> None:

@@ -18,7 +18,8 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
     """The stage's windows: (training set, held-out sets or None, statistics). One
     :class:`PhysicalStepDataset` per ``--data`` source (split by episode; the training set concatenates
     them), frames only before fine-tuning; with ``tokens_from`` the frames are replaced by that model's
-    frame tokens, computed once. ``stats``: normalisation statistics to reuse (a resumed fine-tuning)."""
+    frame tokens, computed once. ``stats``: normalisation statistics to reuse (a resumed fine-tuning);
+    otherwise they are computed over the training episodes of every source together."""
     from torch.utils.data import ConcatDataset
 
     from par_agent.data.dataset import PhysicalStepDataset
@@ -36,6 +37,12 @@ def build_datasets(args: TrainArgs, cfg: PARConfig, stats: dict | None,
             val.append(PhysicalStepDataset(path, split="val", stats=tr.stats, **kw))
         except ValueError:
             pass  # too few episodes for a validation split
+    if stats is None and len(train) > 1 and not frames_only:  # one normalisation for every source
+        from par_agent.data.dataset import merge_stats
+
+        merged = merge_stats([ds.stats for ds in train], [str(p) for p in args.data])
+        for ds in train + val:
+            ds.stats = merged
     stats = train[0].stats
     if frames_only:  # pure video: no proprio state (its size also differs between tasks: 25 / 29)
         train, val = [WithoutState(ds) for ds in train], [WithoutState(ds) for ds in val]
