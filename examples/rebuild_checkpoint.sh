@@ -43,7 +43,9 @@ video_model() {
 
 case "$NAME" in
   par-pickcube)
-    # the shipped par-pickcube: the 1,000 end-effector demos, 4,579 steps of 256 (1.17 M windows) on one GPU
+    # the shipped par-pickcube: the 1,000 end-effector demos, 4,579 steps of 256 (1.17 M windows) on one GPU.
+    # par-train now normalises with both folders' pooled statistics; the shipped checkpoint holds the first
+    # folder's (an action bound differs by up to 0.067 of the range [-1, 1]), so a rebuild differs there too
     D="data/pickcube-ee-fov08 data/pickcube-ee-fov08-more750"; R=$OUT/par-pickcube
     for d in $D; do need "$d"; done
     done_stage "$R/finetune" || $TRAIN finetune --data $D --out "$R" --init "${VIDEO:-par-video-pickcube}" \
