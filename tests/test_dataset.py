@@ -357,5 +357,6 @@ def test_statistics_of_different_layouts_are_refused_by_name():
     other = {**one, "state_mean": np.zeros(29), "state_std": np.ones(29)}
     with pytest.raises(ValueError, match=r"state_mean.*pick\.h5.*stack\.h5"):
         merge_stats([one, other], ["pick.h5", "stack.h5"])
+    assert merge_stats([one, one], ["a.h5", "a.h5"])["num_states"] == 20  # one source given twice is no error
     with pytest.raises(ValueError, match="num_states"):
         merge_stats([one, {k: v for k, v in one.items() if k != "num_states"}], ["a", "b"])

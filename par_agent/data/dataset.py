@@ -278,12 +278,12 @@ def merge_stats(parts: Sequence[dict], names: Sequence[str] | None = None) -> di
     names = list(names) if names is not None else [f"source {i}" for i in range(len(parts))]
     if not parts:
         raise ValueError("merge_stats needs at least one set of statistics")
-    for key in STAT_KEYS:
-        dims = {n: np.shape(p[key]) for n, p in zip(names, parts) if key in p}
+    for key in STAT_KEYS:  # lists, not dicts: the same source may be given twice
+        dims = [(n, np.shape(p[key])) for n, p in zip(names, parts) if key in p]
         if dims and len(dims) != len(parts):
-            raise ValueError(f"{key} is in the statistics of {sorted(dims)} only, not of every source")
-        if len(set(dims.values())) > 1:
-            raise ValueError(f"the sources disagree on the size of {key}: {dims}; train them separately "
+            raise ValueError(f"{key} is in the statistics of {[n for n, _ in dims]} only, not of every source")
+        if len({d for _, d in dims}) > 1:
+            raise ValueError(f"the sources disagree on the size of {key}: {dict(dims)}; train them separately "
                              "or give them the same state and action layout")
     out: dict = {"num_episodes": sum(p["num_episodes"] for p in parts),
                  "num_windows": sum(p["num_windows"] for p in parts)}
