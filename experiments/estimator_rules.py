@@ -11,10 +11,15 @@ median of its located positions since the episode's start says, read at each chu
 median restarts when ``patience`` reads in a row lie more than ``gate`` from it (the object was
 moved). It keeps per-env state, reset with each env's episode.
 
+``--rule both`` (:func:`filtered`): every located object through its running median, and cube A at the
+gripper while the fingers hold it (its median restarting meanwhile). Before the grasp, cube A rests
+too, and the arm that reaches for it hides it from the base camera just when its place matters most.
+
 Two modes, one rule against the policy as shipped:
 
-* offline, on a privileged demo file's held-out episodes (``par-train``'s split): the held object's
-  error (cm) located and with the rule, in all frames and in the frames it is carried;
+* offline, on a privileged demo file's held-out episodes (``par-train``'s split): each touched
+  object's error (cm) located and with the rule, in all frames, before it first moves and while it
+  is carried;
 * closed loop: a ``par-eval`` report of the policy with the rule, on the seeds given.
 
 ::
@@ -37,12 +42,17 @@ import torch
 QPOS, TCP = slice(0, 9), slice(18, 21)  # the plain state's agent/qpos and extra/tcp_pose position (Panda)
 
 
+def held_mask(plain: torch.Tensor, joints: tuple = (7, 8), width: tuple = (0.03, 0.06)) -> torch.Tensor:
+    """(B,) whether the fingers (``joints`` of ``agent/qpos``) hold something, from ``plain`` (B, Dp)."""
+    w = sum(plain[:, QPOS][:, j] for j in joints)
+    return (w > width[0]) & (w < width[1])
+
+
 def held_positions(plain: torch.Tensor, positions: torch.Tensor, obj: int = 0, joints: tuple = (7, 8),
                    width: tuple = (0.03, 0.06)) -> torch.Tensor:
     """Located positions (B, n, 3) with object ``obj``'s replaced by the gripper's position where the
     fingers (``joints`` of ``agent/qpos``) hold something; ``plain`` (B, Dp) as the locator reads it."""
-    w = sum(plain[:, QPOS][:, j] for j in joints)
-    holds = (w > width[0]) & (w < width[1])
+    holds = held_mask(plain, joints, width)
     out = positions.clone()
     out[:, obj] = torch.where(holds[:, None], plain[:, TCP].to(positions.dtype), positions[:, obj])
     return out
@@ -86,74 +96,118 @@ class RunningMedian:
         return np.median(h, 0)
 
 
-def median(policy, obj: str = "cubeB", **kw) -> None:
-    """Make ``policy`` (a located PARPolicy) read ``obj`` through a :class:`RunningMedian` per env."""
+def filtered(policy, resting: tuple = ("cubeB",), held: str | None = None, **kw) -> None:
+    """Make ``policy`` (a located PARPolicy) read each object of ``resting`` through a
+    :class:`RunningMedian` per env, and ``held`` (if given) at the gripper while the fingers hold it
+    (:func:`held_positions`; its median restarts meanwhile, so that it starts afresh where it is put down)."""
     loc = policy.locator
-    k, located, new_chunks = loc.cfg.objects.index(obj), loc.locate, policy._new_chunks
-    filt, served = RunningMedian(**kw), []
+    names = [n for n, _ in loc.cfg.plain_fields]
+    if held is not None and names[:3] != ["agent/qpos", "agent/qvel", "extra/tcp_pose"]:
+        raise SystemExit(f"the locator's plain state is {names}: the held rule reads Panda's qpos, qvel, tcp_pose")
+    idx = {o: loc.cfg.objects.index(o) for o in {*resting, *([held] if held else [])}}
+    located, new_chunks = loc.locate, policy._new_chunks
+    filts, served = {o: RunningMedian(**kw) for o in resting}, []
 
     def _new_chunks(envs, rgb, st, deterministic):
         for e, going in zip(envs, policy.context.started(envs)):
             if not going:
-                filt.reset(e)
+                for f in filts.values():
+                    f.reset(e)
         served[:] = envs
         return new_chunks(envs, rgb, st, deterministic)
 
     def locate(frames, state):
         pos, yaw = located(frames, state)
         out = pos.clone()
+        holds = held_mask(state.float()) if held is not None else torch.zeros(len(pos), dtype=torch.bool)
         for j, e in enumerate(served):
-            out[j, k] = torch.from_numpy(filt(e, pos[j, k].cpu().numpy())).to(pos)
+            for o, f in filts.items():
+                if o == held and holds[j]:
+                    f.reset(e)
+                else:
+                    out[j, idx[o]] = torch.from_numpy(f(e, pos[j, idx[o]].cpu().numpy())).to(pos)
+            if held is not None and holds[j]:
+                out[j, idx[held]] = state[j, TCP].to(pos)
         return out, yaw
 
     policy._new_chunks, loc.locate = _new_chunks, locate
 
 
+def median(policy, obj: str = "cubeB", **kw) -> None:
+    """Make ``policy`` read ``obj`` through a :class:`RunningMedian` per env (``--rule median``)."""
+    filtered(policy, resting=(obj,), **kw)
+
+
+def replay(raw: np.ndarray, plain: np.ndarray, chunk: int, objects: tuple, resting: tuple,
+           held: str | None) -> np.ndarray:
+    """One episode's estimates as the closed-loop rules give them at each chunk start, held over the chunk.
+
+    raw (T, n, 3) located positions, plain (T, Dp) -> (T, n, 3)."""
+    starts = np.arange(0, len(raw), chunk)
+    holds = held_mask(torch.from_numpy(plain[starts])).numpy() if held else np.zeros(len(starts), bool)
+    filts = {o: RunningMedian() for o in resting}
+    out = raw[starts].copy()
+    for s, t in enumerate(starts):
+        for o, f in filts.items():
+            k = objects.index(o)
+            if o == held and holds[s]:
+                f.reset(0)
+            else:
+                out[s, k] = f(0, raw[t, k])
+        if held and holds[s]:
+            out[s, objects.index(held)] = plain[t, TCP]
+    return out[np.arange(len(raw)) // chunk]
+
+
 def offline(policy, data: Path, obj: str, val_fraction: float, rule: str, chunk: int) -> dict:
+    """Held-out error (cm) located and with ``rule``, per object the rule touches, in all frames, the
+    frames before the object first moves and those it is carried in."""
     from experiments.locator_filter import cm_summary, locate_episode
     from par_agent.data.dataset import split_episodes
     from par_agent.locate import load_demos, plain_columns
 
     loc = policy.locator
-    episodes, full, _, _ = load_demos(data, list(loc.cfg.objects), "base_camera", progress=False)
+    objects = tuple(loc.cfg.objects)
+    episodes, full, _, _ = load_demos(data, list(objects), "base_camera", progress=False)
     cols = plain_columns(full, list(loc.cfg.plain_fields))
-    k = loc.cfg.objects.index(obj)
-    errs: dict = {ph: {f: [] for f in ("located", "rule")} for ph in ("all", "carried")}
+    touched = list(objects) if rule == "both" else [obj]
+    phases = ("all", "before_moving", "carried")
+    errs: dict = {o: {ph: {f: [] for f in ("located", "rule")} for ph in phases} for o in touched}
     for i in split_episodes([e["name"] for e in episodes], val_fraction)[1]:
         ep = episodes[i]
         n = min(len(ep["frames"]), len(ep["full"]))
         plain = ep["full"][:n, cols].astype(np.float32)
         raw = locate_episode(loc, ep["frames"][:n], plain)
-        if rule == "held":
-            ruled = held_positions(torch.from_numpy(plain), torch.from_numpy(raw), k).numpy()[:, k]
-            est = raw[:, k]
+        if rule == "held":  # every frame
+            ruled, est = held_positions(torch.from_numpy(plain), torch.from_numpy(raw), objects.index(obj)).numpy(), raw
         else:  # read at chunk starts, as the policy reads the locator
-            starts = (np.arange(n) // chunk) * chunk
-            est = raw[starts, k]
-            filt = RunningMedian()
-            per_chunk = {t: filt(0, raw[t, k]) for t in range(0, n, chunk)}
-            ruled = np.stack([per_chunk[t] for t in starts])
-        truth = ep["poses"][:n, k, :3]
-        # carried: moved from its start and within 3 cm of the gripper (ManiSkill's labels)
-        carried = (np.linalg.norm(truth - truth[0], axis=-1) > 0.01) & (np.linalg.norm(truth - plain[:, TCP], axis=-1) < 0.03)
-        for f, e in (("located", est), ("rule", ruled)):
-            d = np.linalg.norm(e - truth, axis=-1) * 100
-            errs["all"][f].extend(d.tolist())
-            errs["carried"][f].extend(d[carried].tolist())
-    report = {"rule": rule, "object": obj, "data": str(data), "frames": {}}
-    for ph, by in errs.items():
-        if not by["located"]:
-            continue
-        report["frames"][ph] = {"n": len(by["located"]), **{f: cm_summary(v) for f, v in by.items()}}
-        print(ph, json.dumps(report["frames"][ph]))
+            est = raw[(np.arange(n) // chunk) * chunk]
+            ruled = replay(raw, plain, chunk, objects, *((objects, "cubeA") if rule == "both" else ((obj,), None)))
+        for o in touched:
+            k = objects.index(o)
+            truth = ep["poses"][:n, k, :3]
+            moved = np.linalg.norm(truth - truth[0], axis=-1) > 0.01
+            # carried: moved from its start and within 3 cm of the gripper (ManiSkill's labels)
+            mask = {"all": np.ones(n, bool), "before_moving": np.cumsum(moved) == 0,
+                    "carried": moved & (np.linalg.norm(truth - plain[:, TCP], axis=-1) < 0.03)}
+            for f, e in (("located", est[:, k]), ("rule", ruled[:, k])):
+                d = np.linalg.norm(e - truth, axis=-1) * 100
+                for ph in phases:
+                    errs[o][ph][f].extend(d[mask[ph]].tolist())
+    report = {"rule": rule, "objects": touched, "data": str(data), "frames": {}}
+    for o in touched:
+        for ph, by in errs[o].items():
+            if by["located"]:
+                report["frames"][f"{o}/{ph}"] = {"n": len(by["located"]), **{f: cm_summary(v) for f, v in by.items()}}
+                print(f"{o}/{ph}", json.dumps(report["frames"][f"{o}/{ph}"]))
     return report
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--policy", default="par-stackcube", help="a located policy (par-locate's OUT/final or a name)")
-    p.add_argument("--rule", choices=["held", "median"], default="held")
-    p.add_argument("--object", default=None, help="default: cubeA for held, cubeB for median")
+    p.add_argument("--rule", choices=["held", "median", "both"], default="held")
+    p.add_argument("--object", default=None, help="default: cubeA for held, cubeB for median (both: cubeA held, all medians)")
     p.add_argument("--data", type=Path, help="offline: the privileged demo .h5 its locator was trained on")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seeds", help="closed loop: 'A-B' or 'a,b,c'")
@@ -170,14 +224,19 @@ def main(argv: list[str] | None = None) -> dict:
     policy = PARPolicy.from_pretrained(a.policy, num_threads=a.threads)
     if policy.locator is None:
         raise SystemExit(f"{a.policy} has no locator")
-    obj = a.object or {"held": "cubeA", "median": "cubeB"}[a.rule]
+    obj = a.object or {"held": "cubeA", "median": "cubeB", "both": "cubeA"}[a.rule]
     if a.data is not None:
         report = offline(policy, a.data, obj, a.val_fraction, a.rule, policy.action_horizon)
         if a.out:
             a.out.parent.mkdir(parents=True, exist_ok=True)
             a.out.write_text(json.dumps(report, indent=2) + "\n")
         return report
-    hold(policy.locator, obj) if a.rule == "held" else median(policy, obj)
+    if a.rule == "held":
+        hold(policy.locator, obj)
+    elif a.rule == "median":
+        median(policy, obj)
+    else:
+        filtered(policy, resting=tuple(policy.locator.cfg.objects), held=obj)
     seeds = parse_seeds(a.seeds, 0)
     run_id = {"policy": a.policy, "rule": a.rule, "object": obj, "seeds": seeds, "num_envs": a.num_envs,
               "threads": a.threads}
